@@ -1,0 +1,1 @@
+"""Orthogonal building blocks, each usable alone."""

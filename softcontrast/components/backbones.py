@@ -1,0 +1,140 @@
+"""Backbones (ResNets with an optional CIFAR stem) and projection/prediction heads."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+RESNET_LAYERS = {
+    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
+}
+
+
+class Backbone(nn.Module):
+    """Any feature extractor with a known output dimension.
+
+    Args:
+        network: module mapping ``B×3×H×W`` images to ``B×feature_dim`` features.
+        feature_dim: size of the features.
+    """
+
+    def __init__(self, network: nn.Module, feature_dim: int):
+        super().__init__()
+        self.network = network
+        self.feature_dim = feature_dim
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Returns ``B×feature_dim`` features."""
+        return self.network(images).flatten(1)
+
+
+def resnet(name: str = "resnet18", cifar_stem: bool = True, width: int = 64) -> Backbone:
+    """A torchvision ResNet without its classifier.
+
+    Args:
+        name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        cifar_stem: replace the 7×7 stride-2 stem and max-pool by one 3×3 stride-1
+            convolution (for 32×32 images).
+        width: channels of the first stage (64 is the standard network; smaller
+            values give narrow networks for quick CPU runs). Stages use
+            ``width, 2·width, 4·width, 8·width``.
+
+    Raises:
+        ValueError: unknown name or width < 1.
+    """
+    if name not in RESNET_LAYERS:
+        raise ValueError(f"unknown backbone {name!r}: choose one of {sorted(RESNET_LAYERS)}")
+    if width < 1:
+        raise ValueError(f"backbone width must be >= 1, got {width}")
+    block, layers = RESNET_LAYERS[name]
+    network = tv_resnet.ResNet(block, list(layers)) if width == 64 else _narrow_resnet(block, layers, width)
+    if cifar_stem:
+        network.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        network.maxpool = nn.Identity()
+    feature_dim = network.fc.in_features
+    network.fc = nn.Identity()
+    return Backbone(network, feature_dim)
+
+
+def _narrow_resnet(block: type, layers: tuple[int, ...], width: int) -> tv_resnet.ResNet:
+    """A torchvision ResNet whose stages have ``width·(1, 2, 4, 8)`` channels."""
+    network = tv_resnet.ResNet(block, list(layers))
+    network.inplanes = width
+    network.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    network.bn1 = nn.BatchNorm2d(width)
+    network.layer1 = network._make_layer(block, width, layers[0])
+    network.layer2 = network._make_layer(block, 2 * width, layers[1], stride=2)
+    network.layer3 = network._make_layer(block, 4 * width, layers[2], stride=2)
+    network.layer4 = network._make_layer(block, 8 * width, layers[3], stride=2)
+    network.fc = nn.Linear(8 * width * block.expansion, 1)
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return network
+
+
+class MLPHead(nn.Module):
+    """Projection or prediction head: ``(Linear → BN → ReLU) × (layers−1) → Linear [→ BN]``.
+
+    Args:
+        in_dim: input size.
+        hidden_dim: hidden size.
+        out_dim: output size.
+        num_layers: number of linear layers (>= 1).
+        batch_norm: batch norm after each hidden linear layer.
+        last_batch_norm: batch norm (without affine) after the last layer.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+        last_batch_norm: bool = False,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP head needs at least one layer, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(dim, hidden_dim, bias=not batch_norm)]
+            layers += [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+            layers += [nn.ReLU(inplace=True)]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, out_dim))
+        if last_batch_norm:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps ``B×in_dim`` to ``B×out_dim``."""
+        return self.layers(x)
+
+
+class Encoder(nn.Module):
+    """Backbone → projector, giving L2-normalised embeddings.
+
+    Args:
+        backbone: the feature extractor.
+        projector: head on top of the features.
+    """
+
+    def __init__(self, backbone: Backbone, projector: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Returns ``B×D`` L2-normalised embeddings."""
+        return F.normalize(self.projector(self.backbone(images)), dim=-1)
+
+
+def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2) -> MLPHead:
+    """The default projector of the methods: ``feature_dim → hidden → out`` with BN."""
+    return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers)

@@ -1,0 +1,18 @@
+"""Target builders: ``(LogitColumns[, support]) -> Targets(target, mask)``.
+
+Every builder returns a row-stochastic target that is zero on masked columns. The
+math lives in pure functions; the classes hold the hyperparameters.
+"""
+
+from softcontrast.components.targets.base import TargetBuilder, Targets
+from softcontrast.components.targets.infonce import InfoNCE, one_hot_target
+from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
+
+__all__ = [
+    "InfoNCE",
+    "SimilarityTargets",
+    "TargetBuilder",
+    "Targets",
+    "one_hot_target",
+    "similarity_target",
+]

@@ -1,0 +1,141 @@
+"""Evaluation: weighted kNN monitor and linear probe on frozen backbone features."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softcontrast.components.augment import ViewRecipe, center_view
+from softcontrast.data import ImageTensorDataset, LazyImageFolder
+
+
+def _image_batches(split: "ImageTensorDataset | LazyImageFolder", batch_size: int, num_workers: int) -> Iterator[Tensor]:
+    if isinstance(split, ImageTensorDataset):
+        for start in range(0, len(split), batch_size):
+            yield split.images[start : start + batch_size]
+        return
+    loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=num_workers)
+    for images, _ in loader:
+        yield images
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    split: "ImageTensorDataset | LazyImageFolder",
+    recipe: ViewRecipe,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> Tensor:
+    """L2-normalised backbone features of every image of a split (eval mode, no augmentation).
+
+    Args:
+        backbone: the network to evaluate (its train/eval mode is restored).
+        split: images to embed.
+        recipe: gives the evaluation size and normalisation.
+        batch_size: images per forward pass.
+        device: where to compute.
+        num_workers: loader workers for a lazy split.
+
+    Returns:
+        ``N×F`` features on ``device``.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    features = [
+        F.normalize(backbone(center_view(images.to(device), recipe)).float(), dim=-1)
+        for images in _image_batches(split, batch_size, num_workers)
+    ]
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Weighted kNN (InstDisc): each of the ``k`` nearest training features (cosine)
+    votes for its class with weight ``exp(similarity / temperature)``.
+
+    Returns:
+        ``N_test`` predicted labels.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"kNN temperature must be > 0, got {temperature}")
+    k = min(k, train_features.shape[0])
+    labels = train_labels.to(train_features.device)
+    predictions = []
+    for start in range(0, test_features.shape[0], chunk_size):
+        similarity = test_features[start : start + chunk_size] @ train_features.T
+        top_similarity, top_index = similarity.topk(k, dim=1)
+        votes = torch.zeros(top_index.shape[0], num_classes, device=similarity.device)
+        votes.scatter_add_(1, labels[top_index], (top_similarity / temperature).exp())
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+def knn_accuracy(
+    backbone: nn.Module,
+    train: "ImageTensorDataset | LazyImageFolder",
+    test: "ImageTensorDataset | LazyImageFolder",
+    recipe: ViewRecipe,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> float:
+    """kNN top-1 accuracy (in ``[0, 1]``) of ``test`` against ``train`` features."""
+    train_features = extract_features(backbone, train, recipe, batch_size, device)
+    test_features = extract_features(backbone, test, recipe, batch_size, device)
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    predicted = knn_predict(train_features, train.labels, test_features, num_classes, k, temperature)
+    return (predicted.cpu() == test.labels.cpu()).float().mean().item()
+
+
+def linear_probe_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    epochs: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 1e-4,
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> float:
+    """Top-1 accuracy of a linear classifier fit on frozen features.
+
+    The features are computed once; the classifier is trained with SGD (momentum
+    0.9, cosine schedule) on standardised features.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
+    y_train = train_labels.to(x_train.device)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    classifier = nn.Linear(x_train.shape[1], num_classes).to(x_train.device)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    for _ in range(epochs):
+        order = torch.randperm(x_train.shape[0], generator=generator).to(x_train.device)
+        for start in range(0, x_train.shape[0], batch_size):
+            batch = order[start : start + batch_size]
+            loss = F.cross_entropy(classifier(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        predicted = classifier(x_test).argmax(dim=1)
+    return (predicted.cpu() == test_labels.cpu()).float().mean().item()

@@ -1,0 +1,7 @@
+"""One class per method, composed from the components."""
+
+from softcontrast.methods.base import ContrastiveMethod, StepOutput
+from softcontrast.methods.moco import MoCoV2
+from softcontrast.methods.sce import SCE
+
+__all__ = ["ContrastiveMethod", "MoCoV2", "SCE", "StepOutput"]

@@ -1,0 +1,186 @@
+"""ContrastiveMethod: one training step composed from the components (DESIGN steps 1–8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
+from softcontrast.components.backbones import Backbone, Encoder
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
+from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.targets.base import TargetBuilder, Targets
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns.
+
+    Attributes:
+        loss: scalar to back-propagate.
+        metrics: detached scalars to log (no host synchronisation until read).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Contrast:
+    """One query/key contrast: embeddings, columns, target and loss."""
+
+    query: Tensor
+    columns: LogitColumns
+    targets: Targets
+    logits: Tensor
+    loss: Tensor
+
+
+class ContrastiveMethod(nn.Module):
+    """Momentum-queue contrastive learning with a pluggable target builder.
+
+    Per step: make the query and key views on the device; embed the query with the
+    online encoder f and the key (and support views) with the momentum encoder g;
+    lay out the columns ``[k_i | Q]`` or ``[batch keys | Q]``; build
+    ``(target, mask)``; loss = masked soft cross-entropy of ``q·Cᵀ/τ``. After the
+    optimizer step (:meth:`after_optimizer_step`): EMA update, then enqueue the
+    gathered keys and ids.
+
+    Args:
+        backbone: feature extractor of the online encoder.
+        projector: head on the features (output dim D).
+        target_builder: turns columns into targets.
+        query_view: recipe of the online (query) view.
+        key_view: recipe of the momentum (key) view.
+        queue_size: K, number of queued keys.
+        temperature: τ of the loss.
+        momentum: base EMA momentum.
+        final_momentum: momentum at the end of training (cosine schedule);
+            ``None`` keeps it constant.
+        in_batch_keys: columns ``[all gathered batch keys | Q]`` instead of ``[k_i | Q]``.
+        symmetric: also contrast the key view's query against the query view's key
+            and average the two losses (both keys are enqueued).
+        support_views: S, number of momentum embeddings per image handed to the
+            target builder as ``support`` (the key view counts as one; 0 = none).
+        support_view: recipe of the extra support views (defaults to ``query_view``).
+        channels_last: feed views in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        projector: nn.Module,
+        target_builder: TargetBuilder,
+        query_view: ViewRecipe,
+        key_view: ViewRecipe,
+        queue_size: int = 4096,
+        temperature: float = 0.1,
+        momentum: float = 0.99,
+        final_momentum: float | None = None,
+        in_batch_keys: bool = False,
+        symmetric: bool = False,
+        support_views: int = 0,
+        support_view: ViewRecipe | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= momentum <= 1 or (final_momentum is not None and not 0 <= final_momentum <= 1):
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum} (final {final_momentum})")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if support_views < 0:
+            raise ValueError(f"support_views must be >= 0, got {support_views}")
+        self.online = Encoder(backbone, projector)
+        self.target_encoder = MomentumEncoder(self.online)
+        with torch.no_grad():
+            dim = self._embedding_dim()
+        self.queue = MemoryQueue(queue_size, dim)
+        self.target_builder = target_builder
+        self.query_augment = BatchAugment(query_view)
+        self.key_augment = BatchAugment(key_view)
+        self.support_augment = BatchAugment(support_view or query_view)
+        self.temperature = temperature
+        self.momentum = momentum
+        self.final_momentum = momentum if final_momentum is None else final_momentum
+        self.in_batch_keys = in_batch_keys
+        self.symmetric = symmetric
+        self.support_views = support_views
+        self.channels_last = channels_last
+        self._pending: list[tuple[Tensor, Tensor]] = []
+
+    def _embedding_dim(self) -> int:
+        projector = self.online.projector
+        was_training = projector.training
+        dim = projector.eval()(torch.zeros(1, self.online.backbone.feature_dim)).shape[-1]
+        projector.train(was_training)
+        return dim
+
+    @property
+    def query_size(self) -> int:
+        """Side length of the query view."""
+        return self.query_augment.recipe.size
+
+    def _prepare(self, views: Tensor) -> Tensor:
+        return views.contiguous(memory_format=torch.channels_last) if self.channels_last else views
+
+    def embed_keys(self, views: Tensor) -> Tensor:
+        """Momentum embeddings (no gradient) of ``views``."""
+        return self.target_encoder(self._prepare(views))
+
+    def support_embeddings(self, images: Tensor, keys: Tensor) -> Tensor | None:
+        """``B×S×D`` support embeddings: the key, then ``S−1`` extra momentum views."""
+        if self.support_views == 0:
+            return None
+        extra = [self.embed_keys(self.support_augment(images)) for _ in range(self.support_views - 1)]
+        return torch.stack([keys, *extra], dim=1)
+
+    def contrast(self, query_views: Tensor, keys: Tensor, ids: Tensor, support: Tensor | None = None) -> Contrast:
+        """Scores the queries of ``query_views`` against the columns of ``keys``."""
+        query = self.online(self._prepare(query_views))
+        columns = LogitColumns.build(keys, ids, self.queue, self.in_batch_keys)
+        targets = self.target_builder(columns, support)
+        logits = columns.scores(query) / self.temperature
+        loss = soft_cross_entropy(logits, targets.target, targets.mask)
+        return Contrast(query, columns, targets, logits, loss)
+
+    def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
+        """One training step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
+        images = to_float(images)
+        query_views = self.query_augment(images)
+        key_views = self.key_augment(images)
+        keys = self.embed_keys(key_views)
+        first = self.contrast(query_views, keys, ids, self.support_embeddings(images, keys))
+        self._pending = [(keys, ids)]
+        if not self.symmetric:
+            return StepOutput(first.loss, self._metrics(first))
+        swapped_keys = self.embed_keys(query_views)
+        second = self.contrast(key_views, swapped_keys, ids, self.support_embeddings(images, swapped_keys))
+        self._pending.append((swapped_keys, ids))
+        return StepOutput((first.loss + second.loss) / 2, self._metrics(first))
+
+    def _metrics(self, contrast: Contrast) -> dict[str, Tensor]:
+        with torch.no_grad():
+            positive = contrast.logits.gather(1, contrast.columns.positive[:, None]) * self.temperature
+            return {
+                "loss": contrast.loss.detach(),
+                "positive_similarity": positive.mean(),
+                "queue_filled": self.queue.filled.float(),
+            }
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """EMA momentum at ``step`` of ``total_steps``."""
+        return cosine_momentum(step, total_steps, self.momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA update of the momentum encoder, then enqueue this step's keys."""
+        self.target_encoder.update(self.online, self.momentum_at(step, total_steps))
+        for keys, ids in self._pending:
+            self.queue.enqueue(keys, ids)
+        self._pending = []

@@ -1,0 +1,388 @@
+"""The Accelerate training loop: schedules, checkpoints with exact resume, logging, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch import nn
+
+from softcontrast.components.augment import ViewRecipe
+from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
+from softcontrast.evaluation import knn_accuracy
+from softcontrast.methods.base import ContrastiveMethod
+
+CHECKPOINT_DIR = "checkpoints"
+RUN_CONFIG = "run_config.json"
+METRICS_FILE = "metrics.jsonl"
+
+#: Run settings that may change between a checkpoint and its resumption.
+RESUMABLE_KEYS = frozenset({"resume", "output_dir", "stop_after_epochs", "log_every", "knn_every", "num_workers"})
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by a run with other settings."""
+
+
+def make_accelerator(
+    mixed_precision: str = "no", cpu: bool | None = None, log_with: str | None = None, project_dir: str | None = None
+) -> Accelerator:
+    """An :class:`Accelerator` for contrastive training.
+
+    DDP does not broadcast buffers (the queue is kept identical by gathered
+    enqueues; each momentum encoder keeps its own batch-norm statistics).
+
+    Args:
+        mixed_precision: ``no``, ``fp16`` or ``bf16``.
+        cpu: force the CPU (default: when no GPU is visible).
+        log_with: an Accelerate tracker such as ``tensorboard``.
+        project_dir: where trackers write.
+    """
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available() if cpu is None else cpu,
+        log_with=log_with,
+        project_dir=project_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run.
+
+    Attributes:
+        epochs: total epochs (sets the schedules).
+        batch_size: images per process per step.
+        optimizer: ``sgd`` or ``adamw``.
+        lr: learning rate for a global batch of 256, scaled linearly.
+        weight_decay: weight decay.
+        sgd_momentum: SGD momentum.
+        warmup_epochs: linear warm-up before the per-step cosine decay.
+        seed: seed of the weights, data order and augmentations.
+        output_dir: where checkpoints, metrics and the exported backbone go.
+        checkpoint_every: save a checkpoint every this many epochs (0: only at the end).
+        stop_after_epochs: stop this invocation after this many epochs (resume later).
+        knn_every: kNN monitor every this many epochs (0: before and after training only).
+        knn_k: neighbours of the kNN monitor.
+        knn_temperature: temperature of the kNN monitor.
+        log_every: steps between logged metrics (and NaN checks).
+        resume: a checkpoint folder, or ``latest`` for the newest in ``output_dir``.
+        resident_data: hold an in-memory dataset on the training device.
+        num_workers: loader workers for streamed image folders.
+        compile: ``torch.compile`` the online and momentum encoders.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.06
+    weight_decay: float = 5e-4
+    sgd_momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    output_dir: str = "runs/default"
+    checkpoint_every: int = 1
+    stop_after_epochs: int | None = None
+    knn_every: int = 0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    log_every: int = 10
+    resume: str | None = None
+    resident_data: bool = True
+    num_workers: int = 4
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.fit`.
+
+    Attributes:
+        knn: kNN test accuracy by epoch (0 = before training), when a test split exists.
+        losses: the loss of every step run by this invocation.
+        epochs_done: epochs completed, counting resumed ones.
+        wall_seconds: training time of this invocation (without evaluation).
+        images_per_second: training throughput (global images) of this invocation.
+    """
+
+    knn: dict[int, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+    wall_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 per step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class _Progress:
+    """Position in training, saved with every checkpoint."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.global_step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+
+
+class Trainer:
+    """Trains a :class:`ContrastiveMethod` with Hugging Face Accelerate.
+
+    Args:
+        method: the method to train.
+        config: run settings.
+        accelerator: defaults to :func:`make_accelerator` (fp32).
+        run_config: every setting of the run (method hyperparameters included);
+            saved with checkpoints and compared on resume.
+    """
+
+    def __init__(
+        self,
+        method: ContrastiveMethod,
+        config: TrainConfig,
+        accelerator: Accelerator | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        self.method, self.config = method, config
+        self.accelerator = accelerator or make_accelerator()
+        self.run_config = {**asdict(config), **(run_config or {})}
+        self.output_dir = Path(config.output_dir)
+        self.progress = _Progress()
+
+    def _check_sizes(self, num_samples: int) -> None:
+        global_batch = self.config.batch_size * self.accelerator.num_processes
+        if self.method.queue.capacity < global_batch:
+            raise ValueError(
+                f"queue size {self.method.queue.capacity} is smaller than the global batch {global_batch}: "
+                "raise the queue size or lower the batch size"
+            )
+        if global_batch > num_samples:
+            raise ValueError(f"global batch {global_batch} exceeds the {num_samples} training images: lower the batch size")
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = self.config.lr * self.config.batch_size * self.accelerator.num_processes / 256
+        if self.config.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.config.sgd_momentum, weight_decay=self.config.weight_decay)
+
+    def _evaluate(self, train, test, recipe: ViewRecipe) -> float:
+        return knn_accuracy(
+            self.method.online.backbone,
+            train,
+            test,
+            recipe,
+            k=self.config.knn_k,
+            temperature=self.config.knn_temperature,
+            device=self.accelerator.device,
+        )
+
+    def _resolve_resume(self) -> Path | None:
+        if self.config.resume is None:
+            return None
+        if self.config.resume == "latest":
+            candidates = sorted((self.output_dir / CHECKPOINT_DIR).glob("epoch_*"))
+            if not candidates:
+                raise FileNotFoundError(
+                    f"resume=latest but {self.output_dir / CHECKPOINT_DIR} holds no checkpoint: start without --resume"
+                )
+            return candidates[-1]
+        path = Path(self.config.resume)
+        if not (path / RUN_CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is not a softcontrast checkpoint (no {RUN_CONFIG}): check the path")
+        return path
+
+    def _check_compatible(self, checkpoint: Path) -> None:
+        saved = json.loads((checkpoint / RUN_CONFIG).read_text())
+        different = {
+            key: (saved.get(key), value)
+            for key, value in json.loads(json.dumps(self.run_config, default=str)).items()
+            if key not in RESUMABLE_KEYS and saved.get(key) != value
+        }
+        if different:
+            described = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in sorted(different.items()))
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint} was written with other settings ({described}); "
+                "resume with the same settings or use a new output directory"
+            )
+
+    def _save(self, epoch: int) -> Path:
+        path = self.output_dir / CHECKPOINT_DIR / f"epoch_{epoch:04d}"
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            (path / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=2, default=str))
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / METRICS_FILE, "a") as log:
+                log.write(json.dumps(record) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
+
+    def fit(
+        self,
+        train: "ImageTensorDataset | LazyImageFolder",
+        test: "ImageTensorDataset | LazyImageFolder | None" = None,
+    ) -> TrainResult:
+        """Trains, monitoring kNN accuracy on ``test`` when given.
+
+        Returns:
+            The kNN accuracies, losses, and throughput of this invocation.
+
+        Raises:
+            FloatingPointError: the loss became NaN or infinite (the last
+                checkpoint is kept; lower the learning rate or use fp32).
+            CheckpointMismatchError: ``resume`` points at a run with other settings.
+        """
+        config, accelerator = self.config, self.accelerator
+        self._check_sizes(len(train))
+        set_seed(config.seed)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        batches = TrainingBatches(
+            train,
+            config.batch_size,
+            accelerator.device,
+            accelerator.process_index,
+            accelerator.num_processes,
+            config.seed,
+            config.resident_data,
+            config.num_workers,
+        )
+        steps_per_epoch = len(batches)
+        total_steps = steps_per_epoch * config.epochs
+        warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+        method = self.method
+        if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        if method.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        if config.compile:
+            method.online = torch.compile(method.online)
+            method.target_encoder = torch.compile(method.target_encoder)
+        optimizer = self._optimizer(method)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps)
+        )
+        model, optimizer, scheduler = accelerator.prepare(method, optimizer, scheduler)
+        self.method = accelerator.unwrap_model(model)
+        accelerator.register_for_checkpointing(self.progress)
+        if accelerator.log_with and accelerator.trackers == []:
+            accelerator.init_trackers("softcontrast", config={k: str(v) for k, v in self.run_config.items()})
+
+        checkpoint = self._resolve_resume()
+        if checkpoint is not None:
+            self._check_compatible(checkpoint)
+            accelerator.load_state(str(checkpoint))
+
+        result = TrainResult()
+        eval_recipe = self.method.query_augment.recipe
+        if test is not None and self.progress.epoch == 0:
+            result.knn[0] = self._evaluate(train, test, eval_recipe)
+            self._log({"epoch": 0, "step": 0, "knn_accuracy": result.knn[0]})
+
+        last_epoch = config.epochs
+        if config.stop_after_epochs is not None:
+            last_epoch = min(config.epochs, self.progress.epoch + config.stop_after_epochs)
+        start_time, images_seen = time.perf_counter(), 0
+        for epoch in range(self.progress.epoch, last_epoch):
+            bar = _progress_bar(accelerator, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+            model.train()
+            for images, ids in batches.epoch(epoch):
+                with accelerator.autocast():
+                    output = model(images, ids)
+                accelerator.backward(output.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.method.after_optimizer_step(self.progress.global_step, total_steps)
+                self.progress.global_step += 1
+                images_seen += images.shape[0] * accelerator.num_processes
+                result.losses.append(output.loss.detach())
+                if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
+                    self._log_step(output.metrics, epoch, scheduler.get_last_lr()[0], total_steps, bar)
+                bar.update(1)
+            bar.close()
+            self.progress.epoch = epoch + 1
+            if test is not None and config.knn_every and self.progress.epoch % config.knn_every == 0:
+                result.knn[self.progress.epoch] = self._evaluate(train, test, eval_recipe)
+                self._log({"epoch": self.progress.epoch, "step": self.progress.global_step,
+                           "knn_accuracy": result.knn[self.progress.epoch]})
+            if (config.checkpoint_every and self.progress.epoch % config.checkpoint_every == 0) or (
+                self.progress.epoch == last_epoch
+            ):
+                self._save(self.progress.epoch)
+        result.wall_seconds = time.perf_counter() - start_time
+        result.images_per_second = images_seen / max(result.wall_seconds, 1e-9)
+        result.losses = [float(x) for x in result.losses]
+        result.epochs_done = self.progress.epoch
+        if self.progress.epoch == config.epochs:
+            if test is not None and config.epochs not in result.knn:
+                result.knn[config.epochs] = self._evaluate(train, test, eval_recipe)
+                self._log({"epoch": config.epochs, "step": self.progress.global_step,
+                           "knn_accuracy": result.knn[config.epochs]})
+            self.export_backbone()
+        accelerator.end_training()
+        return result
+
+    def _log_step(self, metrics: dict, epoch: int, lr: float, total_steps: int, bar) -> None:
+        values = {name: float(value) for name, value in metrics.items()}
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(
+                f"loss is {values['loss']} at step {self.progress.global_step} (epoch {epoch + 1}); "
+                f"checkpoints up to the last finished epoch are kept in {self.output_dir / CHECKPOINT_DIR}. "
+                "Lower the learning rate, use mixed_precision='no', or check the data for NaNs."
+            )
+        step = self.progress.global_step
+        record = {"epoch": epoch + 1, "step": step, "lr": lr,
+                  "momentum": self.method.momentum_at(step, total_steps), **values}
+        self._log(record)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+
+    def export_backbone(self, path: str | Path | None = None) -> Path:
+        """Saves the online backbone's ``state_dict`` (default ``output_dir/backbone.pt``)."""
+        path = Path(path or self.output_dir / "backbone.pt")
+        if self.accelerator.is_main_process:
+            torch.save(self.method.online.backbone.state_dict(), path)
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def _progress_bar(accelerator: Accelerator, total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, disable=not accelerator.is_main_process, leave=False)
