@@ -25,6 +25,7 @@ def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--dataset", default="digits", help="digits | imagefolder:<path> | npz:<path> | hf:<id>")
+    add("--train-subset", type=int, default=None, help="train on this many random training images")
     add("--image-size", type=int, default=None, help="resize images to this side (default: the source's)")
     add("--view-size", type=int, default=16, help="side of the augmented views")
     add("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
@@ -68,6 +69,8 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
         project_dir=output_dir,
     )
     splits = load_source(args.dataset, args.image_size)
+    if args.train_subset is not None:
+        splits.train = splits.train.subset(args.train_subset, seed=args.seed)
     backbone = resnet(args.backbone, cifar_stem=not args.no_cifar_stem, width=args.width)
     method = factory(backbone, args)
     config_names = {f.name for f in fields(TrainConfig)}

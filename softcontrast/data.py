@@ -75,6 +75,13 @@ class ImageTensorDataset:
         """Side length of the (square) images."""
         return self.images.shape[-1]
 
+    def subset(self, size: int, seed: int = 0) -> "ImageTensorDataset":
+        """A random subset of ``size`` images (fixed by ``seed``), in the split's order."""
+        if not 1 <= size <= len(self):
+            raise ValueError(f"subset size must lie in [1, {len(self)}], got {size}")
+        chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        return ImageTensorDataset(self.images[chosen], self.labels[chosen], self.classes)
+
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
         """Returns the same split with images and labels on ``device``."""
         return ImageTensorDataset(self.images.to(device), self.labels.to(device), self.classes)
