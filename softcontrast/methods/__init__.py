@@ -3,5 +3,6 @@
 from softcontrast.methods.base import ContrastiveMethod, StepOutput
 from softcontrast.methods.moco import MoCoV2
 from softcontrast.methods.sce import SCE
+from softcontrast.methods.slr import SANE
 
-__all__ = ["ContrastiveMethod", "MoCoV2", "SCE", "StepOutput"]
+__all__ = ["ContrastiveMethod", "MoCoV2", "SANE", "SCE", "StepOutput"]

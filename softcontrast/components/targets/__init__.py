@@ -6,13 +6,16 @@ math lives in pure functions; the classes hold the hyperparameters.
 
 from softcontrast.components.targets.base import TargetBuilder, Targets
 from softcontrast.components.targets.infonce import InfoNCE, one_hot_target
+from softcontrast.components.targets.refinery import SelfLabelingRefinery, self_labeling_target
 from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
 
 __all__ = [
     "InfoNCE",
+    "SelfLabelingRefinery",
     "SimilarityTargets",
     "TargetBuilder",
     "Targets",
     "one_hot_target",
+    "self_labeling_target",
     "similarity_target",
 ]
