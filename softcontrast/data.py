@@ -208,15 +208,9 @@ def decode_image(path: Path) -> Tensor:
     Raises:
         DataSourceError: the file is not a readable image.
     """
-    from torchvision.io import ImageReadMode, decode_image as tv_decode
+    from PIL import Image
 
     try:
-        return tv_decode(str(path), mode=ImageReadMode.RGB)
-    except Exception:
-        pass
-    try:
-        from PIL import Image
-
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"))
         return torch.from_numpy(array.copy()).permute(2, 0, 1)

@@ -1,0 +1,146 @@
+"""Dataset sources, batches with sample ids, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from softcontrast.data import DataSourceError, EpochBatches, ImageTensorDataset, LazyImageFolder, TrainingBatches, load_source
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=3, size=(12, 10)):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def test_digits_are_real_scans_split_into_train_and_test():
+    splits = load_source("digits")
+    assert len(splits.train) + len(splits.test) == 1797
+    assert splits.train.images.shape[1:] == (3, 32, 32)
+    assert splits.train.images.dtype == torch.uint8
+    assert set(splits.train.labels.tolist()) == set(range(10))
+
+
+def test_image_folder_with_train_and_test(tmp_path):
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "test", per_class=2)
+    splits = load_source(f"imagefolder:{tmp_path}")
+    assert isinstance(splits.train, ImageTensorDataset)
+    assert len(splits.train) == 6 and len(splits.test) == 4
+    assert splits.train.classes == ["cat", "dog"]
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert splits.train.image_size == 10
+
+
+def test_pixels_survive_loading(tmp_path):
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "a" / "x.png")
+    loaded = load_source(f"imagefolder:{tmp_path}").train.images[0]
+    assert torch.equal(loaded.permute(1, 2, 0), torch.from_numpy(pixels))
+
+
+def test_large_images_stream_lazily(tmp_path):
+    write_folder(tmp_path, size=(130, 120))
+    splits = load_source(f"imagefolder:{tmp_path}")
+    assert isinstance(splits.train, LazyImageFolder) and splits.test is None
+    image, sample_id = splits.train[4]
+    assert image.shape == (3, 120, 120) and sample_id == 4
+    batches = TrainingBatches(splits.train, batch_size=2, num_workers=0)
+    images, ids = next(batches.epoch(0))
+    assert images.shape == (2, 3, 120, 120) and ids.shape == (2,)
+
+
+def test_npz_source(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=rng.random((5, 8, 8, 3)), y_train=np.arange(5),
+             x_test=rng.integers(0, 256, (2, 8, 8), dtype=np.uint8), y_test=np.array([0, 1]))
+    splits = load_source(f"npz:{path}")
+    assert splits.train.images.shape == (5, 3, 8, 8) and splits.test.images.shape == (2, 3, 8, 8)
+    assert splits.train.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_hf_saved_dataset(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)) for _ in range(4)]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+    dataset = datasets.Dataset.from_dict({"img": images, "label": [0, 1, 1, 0]}, features=features)
+    datasets.DatasetDict({"train": dataset, "test": dataset}).save_to_disk(str(tmp_path / "saved"))
+    splits = load_source(f"hf:{tmp_path / 'saved'}")
+    assert splits.train.images.shape == (4, 3, 9, 9)
+    assert splits.train.labels.tolist() == [0, 1, 1, 0] and splits.train.classes == ["x", "y"]
+    assert torch.equal(splits.train.images[2].permute(1, 2, 0), torch.from_numpy(np.array(images[2])))
+
+
+def test_epoch_batches_share_each_global_batch_between_processes():
+    per_rank = [list(EpochBatches(20, 3, rank, 2, seed=1).epoch(0)) for rank in range(2)]
+    single = list(EpochBatches(20, 6, 0, 1, seed=1).epoch(0))
+    assert len(single) == 3 and all(len(part) == 3 for part in per_rank)
+    for step, batch in enumerate(single):
+        assert torch.equal(torch.cat([per_rank[0][step], per_rank[1][step]]), batch)
+    assert len(set(torch.cat(single).tolist())) == 18
+    assert not torch.equal(torch.cat(list(EpochBatches(20, 6).epoch(1))), torch.cat(single))
+
+
+def test_resuming_inside_an_epoch_skips_the_done_batches():
+    sampler = EpochBatches(30, 4, seed=2)
+    full = list(sampler.epoch(3))
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], sampler.epoch(3, start=2)))
+
+
+def test_training_batches_carry_sample_ids_of_the_images():
+    data = ImageTensorDataset(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous(),
+                              torch.zeros(10, dtype=torch.long), ["a"])
+    for images, ids in TrainingBatches(data, 3).epoch(0):
+        assert torch.equal(images[:, 0, 0, 0].long(), ids)
+
+
+@pytest.mark.parametrize("source", ["cifar10", "imagefolder:", "zip:foo", ""])
+def test_unknown_source_strings_name_the_choices(source):
+    with pytest.raises(DataSourceError, match="digits"):
+        load_source(source)
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(DataSourceError, match="not found"):
+        load_source(f"imagefolder:{tmp_path / 'nope'}")
+    with pytest.raises(DataSourceError, match="not found"):
+        load_source(f"npz:{tmp_path / 'nope.npz'}")
+
+
+def test_empty_folder_is_rejected(tmp_path):
+    with pytest.raises(DataSourceError, match="no class folders"):
+        load_source(f"imagefolder:{tmp_path}")
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataSourceError, match="no image files"):
+        load_source(f"imagefolder:{tmp_path}")
+
+
+def test_corrupt_image_file_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(DataSourceError, match="broken.jpg"):
+        load_source(f"imagefolder:{tmp_path}")
+
+
+def test_npz_without_the_arrays_is_rejected(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataSourceError, match="x_train"):
+        load_source(f"npz:{path}")
+    (tmp_path / "corrupt.npz").write_bytes(b"garbage")
+    with pytest.raises(DataSourceError, match="cannot read"):
+        load_source(f"npz:{tmp_path / 'corrupt.npz'}")
+
+
+def test_batch_larger_than_the_data_is_rejected():
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        EpochBatches(10, 6, world_size=2)

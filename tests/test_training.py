@@ -1,0 +1,109 @@
+"""The trainer end to end on tiny data: learning, exact resume, clear errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak
+from softcontrast.components.backbones import resnet
+from softcontrast.data import ImageTensorDataset, load_source
+from softcontrast.methods import SCE, MoCoV2
+from softcontrast.training import CheckpointMismatchError, TrainConfig, Trainer, make_accelerator, warmup_cosine
+
+
+def tiny_data(n=48, size=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    return ImageTensorDataset(images, torch.arange(n) % 3, ["a", "b", "c"])
+
+
+def tiny_sce(queue_size=32):
+    torch.manual_seed(0)
+    return SCE(resnet("resnet18", width=8), queue_size=queue_size,
+               query_view=for_image_size(sce_strong(), 16), key_view=for_image_size(sce_weak(), 16))
+
+
+def fit(method, tmp_path, data=None, test=None, **overrides):
+    config = TrainConfig(**{"epochs": 2, "batch_size": 8, "output_dir": str(tmp_path), "log_every": 1,
+                            "checkpoint_every": 1, **overrides})
+    return Trainer(method, config, make_accelerator(cpu=True)).fit(data or tiny_data(), test)
+
+
+def test_training_lowers_the_loss_on_digits(tmp_path):
+    splits = load_source("digits", 16)
+    train = splits.train.subset(256)
+    torch.manual_seed(0)
+    method = MoCoV2(resnet("resnet18", width=8), view=for_image_size(moco_v2_cifar(), 16), queue_size=128)
+    result = fit(method, tmp_path, train, splits.test.subset(64), epochs=6, batch_size=32, lr=0.1)
+    first, last = sum(result.losses[4:8]) / 4, sum(result.losses[-4:]) / 4
+    assert last < first - 0.1, (first, last)
+    assert set(result.knn) == {0, 6}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 49))
+    assert (tmp_path / "backbone.pt").is_file()
+    exported = torch.load(tmp_path / "backbone.pt")
+    assert torch.equal(exported["network.conv1.weight"], method.online.backbone.network.conv1.weight)
+
+
+def test_resume_continues_with_the_same_loss_sequence(tmp_path):
+    straight = fit(tiny_sce(), tmp_path / "straight", epochs=3)
+    first = fit(tiny_sce(), tmp_path / "split", epochs=3, stop_after_epochs=1)
+    assert first.epochs_done == 1 and not (tmp_path / "split" / "backbone.pt").exists()
+    second = fit(tiny_sce(), tmp_path / "split", epochs=3, resume="latest")
+    assert second.epochs_done == 3
+    assert first.losses + second.losses == straight.losses
+    assert (tmp_path / "split" / "backbone.pt").is_file()
+
+
+def test_resume_from_another_config_is_refused(tmp_path):
+    fit(tiny_sce(), tmp_path, epochs=2, stop_after_epochs=1)
+    with pytest.raises(CheckpointMismatchError, match="lr"):
+        fit(tiny_sce(), tmp_path, epochs=2, resume="latest", lr=0.5)
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(tiny_sce(), tmp_path, resume="latest")
+    with pytest.raises(FileNotFoundError, match="not a softcontrast checkpoint"):
+        fit(tiny_sce(), tmp_path, resume=str(tmp_path))
+
+
+def test_queue_smaller_than_the_global_batch_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="queue size 4 is smaller than the global batch 8"):
+        fit(tiny_sce(queue_size=4), tmp_path)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
+    method = tiny_sce()
+    fit(method, tmp_path, epochs=3, stop_after_epochs=1)
+    with torch.no_grad():
+        method.online.projector.layers[0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan at step"):
+        fit(method, tmp_path / "nan", epochs=3)
+    assert (tmp_path / "checkpoints" / "epoch_0001").is_dir()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"optimizer": "lamb"}, "optimizer"),
+     ({"warmup_epochs": 5, "epochs": 2}, "warmup")],
+)
+def test_bad_train_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)
+
+
+def test_bad_precision_is_named():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        make_accelerator("fp8")
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert not math.isnan(warmup_cosine(0, 1, 0))
