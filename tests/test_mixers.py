@@ -1,0 +1,144 @@
+"""Mixers: momentum mixup and input mixup of views and targets."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup, mix_targets, sample_mix_params
+from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.targets import InfoNCE, SelfLabelingRefinery, Targets
+
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
+SCRIPT = Path(__file__).parent / "distributed" / "mixers_two_process.py"
+
+
+def in_batch_targets(seed: int, batch: int, queue_size: int, filled: int, one_hot: bool) -> Targets:
+    """Targets over ``[batch keys | Q]`` of random unit keys; queued ids collide with some rows."""
+    generator = torch.Generator().manual_seed(seed)
+    queue = MemoryQueue(queue_size, 4)
+    if filled:
+        queue.enqueue(F.normalize(torch.randn(filled, 4, generator=generator), dim=1),
+                      torch.randint(0, 2 * batch, (filled,), generator=generator))
+    keys = F.normalize(torch.randn(batch, 4, generator=generator), dim=1)
+    columns = LogitColumns.build(keys, torch.arange(batch), queue, in_batch=True)
+    return (InfoNCE() if one_hot else SelfLabelingRefinery(0.5, 0.1, 3))(columns)
+
+
+def random_params(seed: int, batch: int, theta: float | None = None) -> MixParams:
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.rand(batch, generator=generator) if theta is None else torch.full((batch,), theta)
+    return MixParams(weights, torch.randperm(batch, generator=generator))
+
+
+problem_args = dict(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 8),
+    queue_size=st.integers(1, 10),
+    filled=st.integers(0, 12),
+    one_hot=st.booleans(),
+)
+
+
+@PROPERTY
+@given(**problem_args)
+def test_theta_one_changes_neither_inputs_nor_targets(seed, batch, queue_size, filled, one_hot):
+    targets = in_batch_targets(seed, batch, queue_size, filled, one_hot)
+    params = random_params(seed, batch, theta=1.0)
+    queries, keys = torch.randn(2, batch, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    for mixer in (MomentumMixup(), InputMixup()):
+        assert torch.equal(mixer.mix_inputs(queries, keys, params), queries)
+        mixed = mixer.mix_targets(targets, params)
+        assert torch.equal(mixed.target, targets.target) and torch.equal(mixed.mask, targets.mask)
+
+
+@PROPERTY
+@given(**problem_args)
+def test_mixed_targets_are_the_convex_combination_of_the_permutation(seed, batch, queue_size, filled, one_hot):
+    targets = in_batch_targets(seed, batch, queue_size, filled, one_hot)
+    params = random_params(seed, batch)
+    permutation = F.one_hot(params.partner, batch).float()
+    theta = params.theta[:, None]
+    mixed = mix_targets(targets, params)
+    torch.testing.assert_close(mixed.target, theta * targets.target + (1 - theta) * (permutation @ targets.target))
+    torch.testing.assert_close(mixed.target.sum(dim=1), torch.ones(batch))
+    assert (mixed.target[mixed.mask] == 0).all()
+    both_masked = targets.mask & (permutation @ targets.mask.float()).bool()
+    assert torch.equal(mixed.mask, both_masked)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 8))
+def test_virtual_queries_mix_with_the_partners_key_or_query_view(seed, batch):
+    params = random_params(seed, batch)
+    queries, keys = torch.randn(2, batch, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    theta = params.theta[:, None, None, None]
+    momentum = MomentumMixup().mix_inputs(queries, keys, params)
+    plain = InputMixup().mix_inputs(queries, keys, params)
+    for i in range(batch):
+        j = params.partner[i]
+        torch.testing.assert_close(momentum[i], theta[i] * queries[i] + (1 - theta[i]) * keys[j])
+        torch.testing.assert_close(plain[i], theta[i] * queries[i] + (1 - theta[i]) * queries[j])
+
+
+@pytest.mark.parametrize("across_processes", [True, False])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_sampled_parameters_are_beta_weights_and_a_permutation(per_sample, across_processes):
+    torch.manual_seed(0)
+    params = sample_mix_params(4000, 0.5, "cpu", per_sample, across_processes)
+    assert params.theta.shape == (4000,) and ((params.theta >= 0) & (params.theta <= 1)).all()
+    assert torch.equal(params.partner.sort().values, torch.arange(4000))
+    assert params.across_processes == across_processes
+    if per_sample:
+        beta_variance = 1 / (4 * (2 * 0.5 + 1))
+        assert abs(params.theta.mean() - 0.5) < 0.03
+        assert abs(params.theta.var() - beta_variance) < 0.02
+    else:
+        assert (params.theta == params.theta[0]).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
+def test_non_positive_beta_is_rejected(beta):
+    for make in (MomentumMixup, InputMixup):
+        with pytest.raises(ValueError, match="beta"):
+            make(beta=beta)
+    with pytest.raises(ValueError, match="beta"):
+        sample_mix_params(4, beta, "cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_processes_mix_like_one_process_on_the_concatenated_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(SCRIPT), str(tmp_path)]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from mixers_two_process import BATCH, global_problem, mixed_step
+
+    single = mixed_step(global_problem(), slice(None), across_processes=False)
+    ranks = [torch.load(tmp_path / f"mixers_rank{rank}.pt") for rank in range(2)]
+    for name in ("target", "mask", "inputs"):
+        torch.testing.assert_close(torch.cat([r[name] for r in ranks]), single[name])
+
+    partners = torch.cat([r["partner"] for r in ranks])
+    assert torch.equal(partners.sort().values, torch.arange(2 * BATCH))
+    assert torch.equal(ranks[0]["batch_theta"], ranks[1]["batch_theta"])
+    assert not torch.equal(ranks[0]["theta"], ranks[1]["theta"])
+    assert all(torch.isfinite(r["loss"]) and torch.isfinite(r["loss_mm"]) for r in ranks)
+    assert torch.equal(ranks[0]["queue_ids"], ranks[1]["queue_ids"])
