@@ -1,0 +1,241 @@
+"""FNC: False Negative Cancellation targets (Huynh et al., WACV 2022).
+
+Row ``i`` has ``S`` momentum support embeddings ``u_is`` (its key is one of them).
+Each queue column ``j`` gets ``score_ij = agg_s(u_is · C_j)`` (cosine, no
+temperature; ``agg`` is ``max`` or ``mean``). The detected false negatives ``F_i``
+are the ``top_k`` unmasked queue columns by score whose score exceeds
+``threshold``. Then either
+
+* ``eliminate``: ``mask ∪= F_i`` and the target stays ``e_pos``, or
+* ``attract``: the target is uniform over ``{pos} ∪ F_i``.
+
+With no detected false negative both are exactly InfoNCE. The search is a
+:class:`~softcontrast.components.neighbors.NeighborSearch` call, exact for both
+aggregations: the top-k of a max over views lies in the union of each view's
+top-k, and the mean of similarities is the similarity to the mean embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from softcontrast.components.bank import EmbeddingBank
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.neighbors import Backend, NeighborSearch
+from softcontrast.components.targets.base import Targets
+
+STRATEGIES = ("eliminate", "attract")
+AGGREGATIONS = ("max", "mean")
+NO_ID = -2  # never a sample id nor the empty-slot id
+
+
+def max_per_id(scores: Tensor, ids: Tensor) -> Tensor:
+    """Per row, keeps each id's largest score and sets its repeats to ``-inf``.
+
+    Args:
+        scores: ``B×M`` candidate scores.
+        ids: ``B×M`` candidate ids (repeats allowed).
+
+    Returns:
+        ``B×M`` scores where each id of a row keeps one entry, its maximum.
+    """
+    by_score = scores.argsort(dim=1, descending=True, stable=True)
+    ids_by_score = ids.gather(1, by_score)
+    by_id = ids_by_score.argsort(dim=1, stable=True)
+    grouped = ids_by_score.gather(1, by_id)
+    repeat_grouped = torch.zeros_like(grouped, dtype=torch.bool)
+    repeat_grouped[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
+    repeat_by_score = torch.zeros_like(repeat_grouped).scatter(1, by_id, repeat_grouped)
+    repeat = torch.zeros_like(repeat_by_score).scatter(1, by_score, repeat_by_score)
+    return scores.masked_fill(repeat, float("-inf"))
+
+
+def aggregated_neighbors(search: NeighborSearch | EmbeddingBank, support: Tensor, k: int, aggregation: str) -> tuple[Tensor, Tensor]:
+    """The ``k`` indexed entries of largest ``agg_s(u_is · x)`` for every row, exactly.
+
+    ``max``: each view's top-k, their union, each candidate's maximum over the
+    views that found it, then the top-k (a candidate of the true top-k is in the
+    top-k of its best view, where its found maximum is its true maximum).
+    ``mean``: one search with the mean embedding (``mean_s u_s·x = ū·x``).
+
+    Args:
+        search: the index (anything with ``search(queries, k)``).
+        support: ``B×S×D`` unit support embeddings.
+        k: entries per row.
+        aggregation: ``max`` or ``mean``.
+
+    Returns:
+        ``(scores, ids)``, ``B×k'`` with ``k' <= k``, best first; missing entries
+        have score ``-inf``.
+    """
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    rows, views, dim = support.shape
+    if aggregation == "mean":
+        return search.search(support.mean(dim=1), k)
+    scores, ids = search.search(support.reshape(rows * views, dim), k)
+    found = scores.shape[1]
+    scores, ids = scores.reshape(rows, -1), ids.reshape(rows, -1)
+    top = max_per_id(scores, ids).topk(found, dim=1)
+    return top.values, ids.gather(1, top.indices).masked_fill(top.values == float("-inf"), -1)
+
+
+def select_false_negatives(scores: Tensor, blocked: Tensor, top_k: int, threshold: float) -> Tensor:
+    """Flags the ``top_k`` unblocked candidates of each row whose score exceeds ``threshold``.
+
+    Args:
+        scores: ``B×M`` aggregated candidate scores.
+        blocked: ``B×M`` candidates that may not be chosen.
+        top_k: at most this many per row.
+        threshold: chosen scores are ``> threshold``.
+
+    Returns:
+        ``B×M`` boolean flags of the chosen candidates.
+    """
+    scores = scores.masked_fill(blocked, float("-inf"))
+    top = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    return torch.zeros_like(blocked).scatter(1, top.indices, top.values > threshold)
+
+
+def queue_false_negatives(
+    columns: LogitColumns, support: Tensor, search: NeighborSearch, top_k: int, threshold: float, aggregation: str
+) -> Tensor:
+    """``F_i`` over the queue columns, searching the queue itself.
+
+    The search asks for ``top_k`` plus the most masked queue columns of any row
+    (one host read), so the ``top_k`` best unmasked columns are always among the
+    candidates.
+
+    Returns:
+        ``B×N`` flags of the detected false-negative columns.
+    """
+    queue, _, masked = queue_part(columns)
+    search.reset()
+    search.add(queue, torch.arange(queue.shape[0], device=queue.device))
+    extra = int(masked.sum(dim=1).max()) if masked.numel() else 0
+    scores, slots = aggregated_neighbors(search, support, top_k + extra, aggregation)
+    blocked = (slots < 0) | masked.gather(1, slots.clamp(min=0))
+    chosen = select_false_negatives(scores, blocked, top_k, threshold)
+    return _flag_columns(columns, torch.where(chosen, slots, queue.shape[0]))
+
+
+def bank_false_negatives(
+    columns: LogitColumns, support: Tensor, bank: EmbeddingBank, top_k: int, threshold: float, aggregation: str
+) -> Tensor:
+    """``F_i`` from a dataset-wide bank: the ``top_k`` images (other than the row's
+    own) scoring above ``threshold`` against the bank, and every unmasked queue
+    column that holds one of them.
+
+    Returns:
+        ``B×N`` flags of the detected false-negative columns.
+    """
+    scores, ids = aggregated_neighbors(bank, support, top_k + 1, aggregation)
+    blocked = (ids < 0) | (ids == columns.row_ids[:, None])
+    chosen = select_false_negatives(scores, blocked, top_k, threshold)
+    found = ids.masked_fill(~chosen, NO_ID)
+    _, queue_ids, masked = queue_part(columns)
+    holds = (queue_ids[None, :, None] == found[:, None, :]).any(dim=-1) & ~masked
+    return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), holds], dim=1)
+
+
+def queue_part(columns: LogitColumns) -> tuple[Tensor, Tensor, Tensor]:
+    """The queue's keys (``K×D``), sample ids (``K``) and mask (``B×K``) in ``columns``."""
+    shared_start = columns.queue_start - (columns.num_columns - columns.shared.shape[0])
+    return (columns.shared[shared_start:], columns.column_ids[shared_start:],
+            columns.mask[:, columns.queue_start :])
+
+
+def _flag_columns(columns: LogitColumns, slots: Tensor) -> Tensor:
+    """``B×N`` flags of queue ``slots`` (``B×M``; the value ``K`` means none)."""
+    batch, capacity = columns.mask.shape[0], columns.num_columns - columns.queue_start
+    flags = torch.zeros(batch, capacity + 1, dtype=torch.bool, device=slots.device)
+    flags.scatter_(1, slots, True)
+    return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), flags[:, :capacity]], dim=1)
+
+
+def cancel_false_negatives(positive_one_hot: Tensor, mask: Tensor, false_negatives: Tensor, strategy: str) -> Targets:
+    """The FNC target and mask.
+
+    Args:
+        positive_one_hot: ``B×N`` ``e_pos``.
+        mask: ``B×N`` excluded columns.
+        false_negatives: ``B×N`` detected false negatives ``F_i`` (masked ones ignored).
+        strategy: ``eliminate`` (``mask ∪= F_i``, target ``e_pos``) or ``attract``
+            (target uniform over ``{pos} ∪ F_i``).
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    found = false_negatives & ~mask & ~positive_one_hot.bool()
+    if strategy == "eliminate":
+        return Targets(positive_one_hot, mask | found)
+    target = positive_one_hot + found.to(positive_one_hot.dtype)
+    return Targets(target / target.sum(dim=1, keepdim=True), mask)
+
+
+def detected_false_negatives(columns: LogitColumns, targets: Targets) -> Tensor:
+    """Per row, how many columns FNC cancelled: newly masked, or non-positive with target mass."""
+    added_mask = targets.mask & ~columns.mask
+    attracted = (targets.target > 0) & ~columns.positive_one_hot().bool()
+    return (added_mask | attracted).sum(dim=1)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raises a ``ValueError`` naming the choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"FNC {name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class FalseNegativeCancellation:
+    """FNC target builder.
+
+    ``F_i = top_k {j ∈ queue, unmasked : agg_s(u_is·C_j) > threshold}``; eliminate:
+    ``mask ∪= F_i``, target ``e_pos``; attract: target uniform over ``{pos} ∪ F_i``.
+
+    Support embeddings come as ``B×S×D`` (the key first); without them the key
+    alone is the support set (``S = 1``). They are L2-normalised here.
+
+    Args:
+        top_k: at most this many false negatives per row (>= 1; paper: 10).
+        threshold: a false negative's score must exceed this cosine, in
+            ``[-1, 1]`` (paper: 0.7).
+        strategy: ``attract`` (paper's best) or ``eliminate``.
+        aggregation: ``max`` or ``mean`` over the support views.
+        backend: :class:`NeighborSearch` backend for the queue search.
+        bank: search this dataset-wide :class:`EmbeddingBank` instead of the
+            queue; queue columns holding a found image are its false negatives.
+            The paper searches the negatives of the batch; the bank is an option.
+    """
+
+    top_k: int = 10
+    threshold: float = 0.7
+    strategy: str = "attract"
+    aggregation: str = "max"
+    backend: Backend = "torch"
+    bank: EmbeddingBank | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"FNC top_k must be >= 1, got {self.top_k}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"FNC threshold is a cosine and must lie in [-1, 1], got {self.threshold}")
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        NeighborSearch(self.backend)  # validates the backend name
+
+    def false_negatives(self, columns: LogitColumns, support: Tensor | None = None) -> Tensor:
+        """``B×N`` flags of the detected false negatives ``F_i``."""
+        with torch.no_grad():
+            support = columns.keys[:, None] if support is None else support
+            support = F.normalize(support.detach().float(), dim=-1)
+            if self.bank is not None:
+                return bank_false_negatives(columns, support, self.bank, self.top_k, self.threshold, self.aggregation)
+            search = NeighborSearch(self.backend)
+            return queue_false_negatives(columns, support, search, self.top_k, self.threshold, self.aggregation)
+
+    def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
+        """Builds the FNC target of every row from ``B×S×D`` support embeddings."""
+        found = self.false_negatives(columns, support)
+        return cancel_false_negatives(columns.positive_one_hot(), columns.mask, found, self.strategy)
