@@ -89,6 +89,25 @@ def results_markdown(results_dir: Path) -> str:
     return "\n".join(sections)
 
 
+def _command(docstring: str) -> str | None:
+    """The script's command from its docstring: a ``Run:`` line, or the first
+    command line (``python``, ``accelerate launch``, ``torchrun``), joining
+    backslash continuations."""
+    run = re.search(r"^Run:\s*``?(.+?)``?\s*$", docstring, re.MULTILINE)
+    if run:
+        return run.group(1)
+    lines = docstring.splitlines()
+    for index, line in enumerate(lines):
+        if re.match(r"\s*(python|accelerate launch|torchrun)\s", line):
+            parts = [line.strip()]
+            while parts[-1].endswith("\\") and index + 1 < len(lines):
+                index += 1
+                parts[-1] = parts[-1][:-1].rstrip()
+                parts.append(lines[index].strip())
+            return " ".join(parts)
+    return None
+
+
 def scripts_markdown(benchmarks_dir: Path) -> str:
     """A table of the benchmark scripts: what each measures and how to run it."""
     rows = []
@@ -100,8 +119,7 @@ def scripts_markdown(benchmarks_dir: Path) -> str:
         except SyntaxError:
             docstring = ""
         summary = docstring.strip().splitlines()[0] if docstring.strip() else ""
-        run = re.search(r"^Run:\s*``?(.+?)``?\s*$", docstring, re.MULTILINE)
-        command = run.group(1) if run else f"python benchmarks/{path.name}"
+        command = _command(docstring) or f"python benchmarks/{path.name}"
         rows.append(f"| `benchmarks/{path.name}` | {_cell(summary)} | `{_cell(command)}` |")
     if not rows:
         return "No benchmark script is in this checkout yet."
