@@ -7,7 +7,8 @@ accuracy (before and after training) and training wall time are collected.
 Example (CIFAR-10 subset on CPU):
 
     python benchmarks/compare_methods.py --data-zip <path>/cifar10.zip \
-        --methods moco sce --train-subset 10000 --epochs 20 \
+        --methods moco sce fnc-eliminate --method-args fnc-eliminate='--strategy eliminate' \
+        --train-subset 10000 --epochs 20 \
         --out benchmarks/results/cifar10_cpu.json
 """
 
@@ -35,10 +36,30 @@ def unpack(zip_path: Path, into: Path) -> Path:
     return next(p.parent for p in into.rglob("train") if p.is_dir() and (p.parent / "test").is_dir())
 
 
+DIAGNOSTICS = ("same_class_negatives", "same_class_target_mass", "cancelled_precision", "false_negatives_per_row")
+
+
+def diagnostics_by_quarter(metrics_file: Path) -> dict[str, list[float]]:
+    """Means of the label diagnostics over each quarter of the logged steps."""
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    quarters = [steps[i * len(steps) // 4 : (i + 1) * len(steps) // 4] for i in range(4)]
+    return {
+        key: [round(sum(r[key] for r in q) / len(q), 4) for q in quarters if q]
+        for key in DIAGNOSTICS
+        if steps and key in steps[0]
+    }
+
+
 def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: Path) -> dict:
-    """Trains one method through its example script; returns its summary line."""
+    """Trains one run through its example script; returns its summary line.
+
+    ``method`` is an example name, or ``<example>-<label>`` for a variant whose
+    extra flags come from ``--method-args``.
+    """
+    script = method.split("-")[0]
     command = [
-        sys.executable, str(EXAMPLES / f"{method}.py"), "--dataset", dataset,
+        sys.executable, str(EXAMPLES / f"{script}.py"), "--dataset", dataset,
         "--view-size", str(args.view_size), "--width", str(args.width), "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--queue-size", str(args.queue_size), "--seed", str(args.seed),
         "--lr", str(args.lr), "--output-dir", str(output_dir), "--checkpoint-every", "0",
@@ -53,9 +74,12 @@ def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: 
     if completed.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{completed.stderr[-4000:]}")
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    summary["method"] = method
+    summary["dataset"] = args.dataset_label
     summary["process_seconds"] = round(elapsed, 1)
+    summary["label_diagnostics_by_quarter"] = diagnostics_by_quarter(output_dir / "metrics.jsonl")
     shown = [args.dataset_label if part == dataset else part for part in command[2:]]
-    summary["command"] = " ".join(["python", f"examples/{method}.py", *shown])
+    summary["command"] = " ".join(["python", f"examples/{script}.py", *shown])
     return summary
 
 
@@ -88,8 +112,14 @@ def main() -> None:
                 parser.error("give --dataset or --data-zip")
             args.dataset = f"imagefolder:{unpack(args.data_zip, scratch / 'data')}"
             args.dataset_label = f"imagefolder:<unzipped {args.data_zip.name}>"
-        results = [run_method(m, args.dataset, args, scratch / m) for m in args.methods]
+        results = []
+        for method in args.methods:
+            results.append(run_method(method, args.dataset, args, scratch / method))
+            write_report(args, results)
 
+
+def write_report(args: argparse.Namespace, results: list[dict]) -> None:
+    """Writes the JSON report of the runs finished so far and prints their table."""
     baseline = results[0]
     for result in results:
         result["seconds_vs_" + baseline["method"]] = round(result["train_seconds"] / baseline["train_seconds"], 3)
@@ -97,17 +127,17 @@ def main() -> None:
     settings["dataset"] = settings.pop("dataset_label")
     report = {
         "benchmark": "compare_methods",
-        "machine": {"cpu_count": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
+        "machine": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if torch.cuda.is_available() else None, "platform": platform.platform(terse=True)},
         "settings": settings,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    for r in results:
-        knn = r["knn_accuracy"]
-        print(f"{r['method']:>6}: kNN {100 * knn['0']:.2f}% -> {100 * knn[str(r['epochs_done'])]:.2f}%  "
-              f"train {r['train_seconds']:.0f}s  ({r['seconds_vs_' + baseline['method']]:.2f}x)")
+    r = results[-1]
+    knn = r["knn_accuracy"]
+    print(f"{r['method']:>14}: kNN {100 * knn['0']:.2f}% -> {100 * knn[str(r['epochs_done'])]:.2f}%  "
+          f"train {r['train_seconds']:.0f}s  ({r['seconds_vs_' + baseline['method']]:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Callable
 
-from softcontrast.components.augment import for_image_size
+from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.data import load_source
 from softcontrast.methods.base import ContrastiveMethod
@@ -28,6 +28,11 @@ def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     add("--train-subset", type=int, default=None, help="train on this many random training images")
     add("--image-size", type=int, default=None, help="resize images to this side (default: the source's)")
     add("--view-size", type=int, default=16, help="side of the augmented views")
+    add("--crop-min-scale", type=float, default=None,
+        help="smallest crop area of the random resized crop (default: 0.5 for digits, else the recipe's)")
+    add("--flip-p", type=float, default=None,
+        help="horizontal flip probability (default: 0 for digits, whose mirror images are other symbols; "
+             "else the recipe's)")
     add("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
     add("--width", type=int, default=16, help="channels of the first ResNet stage (64 = standard)")
     add("--no-cifar-stem", action="store_true", help="use the ImageNet stem (7×7 conv + max-pool)")
@@ -37,10 +42,10 @@ def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     add("--momentum", type=float, default=0.99, help="EMA momentum of the key encoder")
     add("--final-momentum", type=float, default=None, help="momentum at the end (cosine schedule)")
     add("--symmetric", action="store_true", help="average the loss over both view orders")
-    add("--epochs", type=int, default=15)
+    add("--epochs", type=int, default=30)
     add("--batch-size", type=int, default=128, help="images per process per step")
     add("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    add("--lr", type=float, default=0.06, help="learning rate for a global batch of 256 (scaled linearly)")
+    add("--lr", type=float, default=0.3, help="learning rate for a global batch of 256 (scaled linearly)")
     add("--weight-decay", type=float, default=5e-4)
     add("--warmup-epochs", type=float, default=0.0)
     add("--precision", default="no", choices=["no", "fp16", "bf16"], help="mixed precision")
@@ -72,6 +77,7 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
     if args.train_subset is not None:
         splits.train = splits.train.subset(args.train_subset, seed=args.seed)
     backbone = resnet(args.backbone, cifar_stem=not args.no_cifar_stem, width=args.width)
+    args.num_train_samples = len(splits.train)
     method = factory(backbone, args)
     config_names = {f.name for f in fields(TrainConfig)}
     values = {**vars(args), "output_dir": output_dir, "knn_k": args.knn_k,
@@ -96,6 +102,17 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
     return result
 
 
-def views_of(args: argparse.Namespace, *recipes):
-    """The recipes resized to ``args.view_size``."""
-    return [for_image_size(recipe, args.view_size) for recipe in recipes]
+def views_of(args: argparse.Namespace, *recipes: ViewRecipe) -> list[ViewRecipe]:
+    """The recipes at ``args.view_size``, with the crop scale and flip chosen by the flags."""
+    on_digits = args.dataset == "digits"
+    crop_min = args.crop_min_scale if args.crop_min_scale is not None else (0.5 if on_digits else None)
+    flip_p = args.flip_p if args.flip_p is not None else (0.0 if on_digits else None)
+    resized = []
+    for recipe in recipes:
+        recipe = replace(recipe, size=args.view_size)
+        if crop_min is not None:
+            recipe = replace(recipe, crop_scale=(crop_min, recipe.crop_scale[1]))
+        if flip_p is not None:
+            recipe = replace(recipe, flip_p=flip_p)
+        resized.append(recipe)
+    return resized

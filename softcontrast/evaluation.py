@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softcontrast.components.augment import ViewRecipe, center_view
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.targets.base import Targets
 from softcontrast.data import ImageTensorDataset, LazyImageFolder
 
 
@@ -139,3 +141,40 @@ def linear_probe_accuracy(
     with torch.no_grad():
         predicted = classifier(x_test).argmax(dim=1)
     return (predicted.cpu() == test_labels.cpu()).float().mean().item()
+
+
+def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -> dict[str, Tensor]:
+    """How a step's target treats columns of the row's own class (labels are never trained on).
+
+    * ``same_class_negatives``: share of the unmasked non-positive columns (before the
+      builder) that hold an image of the row's class — InfoNCE's false-negative rate.
+    * ``same_class_target_mass``: share of the target mass off the positive that lands on
+      same-class columns (SCE, SLR, FNC-attract raise it; InfoNCE has none).
+    * ``cancelled_precision``: share of same-class columns among those the builder
+      masked or gave target mass to (for FNC: the precision of the detected false
+      negatives; 0 when it cancelled none).
+
+    Args:
+        columns: the step's columns.
+        targets: the builder's output for them.
+        labels: class label of every sample id (``-1`` = unknown).
+
+    Returns:
+        Scalar tensors (no host synchronisation).
+    """
+    column_ids = columns.column_ids[None, :].expand(columns.mask.shape[0], -1)
+    if not columns.in_batch:
+        column_ids = torch.cat([columns.row_ids[:, None], column_ids], dim=1)
+    row_labels = labels[columns.row_ids]
+    known = (column_ids >= 0) & (row_labels[:, None] >= 0)
+    same = known & (labels[column_ids.clamp(min=0)] == row_labels[:, None])
+    off_positive = ~columns.positive_one_hot().bool()
+    candidates = off_positive & ~columns.mask & known
+    cancelled = candidates & ((targets.mask & ~columns.mask) | (targets.target > 0))
+    mass = targets.target * off_positive
+    eps = torch.finfo(mass.dtype).tiny
+    return {
+        "same_class_negatives": (same & candidates).sum() / candidates.sum().clamp(min=1),
+        "same_class_target_mass": (mass * same).sum() / mass.sum().clamp(min=eps),
+        "cancelled_precision": (same & cancelled).sum() / cancelled.sum().clamp(min=1),
+    }

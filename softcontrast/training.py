@@ -80,6 +80,8 @@ class TrainConfig:
         resident_data: hold an in-memory dataset on the training device.
         num_workers: loader workers for streamed image folders.
         compile: ``torch.compile`` the online and momentum encoders.
+        label_diagnostics: when the training split has labels, log how each step's
+            target treats same-class columns (never used for training).
     """
 
     epochs: int = 100
@@ -101,6 +103,7 @@ class TrainConfig:
     resident_data: bool = True
     num_workers: int = 4
     compile: bool = False
+    label_diagnostics: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -300,6 +303,8 @@ class Trainer:
         )
         model, optimizer, scheduler = accelerator.prepare(method, optimizer, scheduler)
         self.method = accelerator.unwrap_model(model)
+        if config.label_diagnostics and (train.labels >= 0).any():
+            self.method.set_diagnostic_labels(train.labels.to(accelerator.device))
         accelerator.register_for_checkpointing(self.progress)
         if accelerator.log_with and accelerator.trackers == []:
             accelerator.init_trackers("softcontrast", config={k: str(v) for k, v in self.run_config.items()})

@@ -14,6 +14,7 @@ from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
 from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.targets.base import TargetBuilder, Targets
+from softcontrast.evaluation import label_diagnostics
 
 
 @dataclass
@@ -113,6 +114,12 @@ class ContrastiveMethod(nn.Module):
         self.support_views = support_views
         self.channels_last = channels_last
         self._pending: list[tuple[Tensor, Tensor]] = []
+        self.diagnostic_labels: Tensor | None = None
+
+    def set_diagnostic_labels(self, labels: Tensor | None) -> None:
+        """Class label of every sample id (or ``None``). When set, each step also reports
+        :func:`~softcontrast.evaluation.label_diagnostics`; training never reads them."""
+        self.diagnostic_labels = labels
 
     def _embedding_dim(self) -> int:
         projector = self.online.projector
@@ -167,11 +174,14 @@ class ContrastiveMethod(nn.Module):
     def _metrics(self, contrast: Contrast) -> dict[str, Tensor]:
         with torch.no_grad():
             positive = contrast.logits.gather(1, contrast.columns.positive[:, None]) * self.temperature
-            return {
+            metrics = {
                 "loss": contrast.loss.detach(),
                 "positive_similarity": positive.mean(),
                 "queue_filled": self.queue.filled.float(),
             }
+            if self.diagnostic_labels is not None:
+                metrics.update(label_diagnostics(contrast.columns, contrast.targets, self.diagnostic_labels))
+            return metrics
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """EMA momentum at ``step`` of ``total_steps``."""

@@ -1,0 +1,81 @@
+"""kNN monitor, linear probe and label diagnostics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.targets import InfoNCE, SimilarityTargets
+from softcontrast.components.targets.base import Targets
+from softcontrast.evaluation import knn_predict, label_diagnostics, linear_probe_accuracy
+
+
+def clusters(n_per_class, num_classes, dim, noise, seed):
+    generator = torch.Generator().manual_seed(seed)
+    centers = F.normalize(torch.randn(num_classes, dim, generator=generator), dim=1)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    points = centers[labels] + noise * torch.randn(len(labels), dim, generator=generator)
+    return F.normalize(points, dim=1), labels
+
+
+def test_knn_recovers_well_separated_classes():
+    train, train_labels = clusters(30, 4, 16, 0.1, 0)
+    test, test_labels = clusters(10, 4, 16, 0.1, 0)
+    predicted = knn_predict(train, train_labels, test, 4, k=200, temperature=0.1, chunk_size=7)
+    assert torch.equal(predicted, test_labels)
+
+
+def test_knn_weights_close_neighbours_more():
+    train = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]), dim=1)
+    labels = torch.tensor([0, 1, 1])
+    query = F.normalize(torch.tensor([[1.0, 0.05]]), dim=1)
+    assert knn_predict(train, labels, query, 2, k=3, temperature=0.05).item() == 0
+    assert knn_predict(train, labels, query, 2, k=3, temperature=1000.0).item() == 1
+
+
+def test_knn_rejects_bad_settings():
+    features = torch.eye(2)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_predict(features, torch.tensor([0, 1]), features, 2, k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        knn_predict(features, torch.tensor([0, 1]), features, 2, temperature=0)
+
+
+def test_linear_probe_separates_linearly_separable_features():
+    train, train_labels = clusters(40, 3, 8, 0.2, 1)
+    test, test_labels = clusters(20, 3, 8, 0.2, 1)
+    assert linear_probe_accuracy(train, train_labels, test, test_labels, epochs=30) > 0.95
+
+
+def test_label_diagnostics_measure_same_class_columns():
+    queue = MemoryQueue(capacity=4, dim=2)
+    queue.enqueue(F.normalize(torch.randn(4, 2), dim=1), torch.tensor([10, 11, 12, 13]))
+    labels = torch.full((14,), -1)
+    labels[[0, 10, 11]] = 0
+    labels[[12, 13]] = 1
+    columns = LogitColumns.build(F.normalize(torch.randn(1, 2), dim=1), torch.tensor([0]), queue)
+    # Columns: [pos | id10 (same) | id11 (same) | id12 | id13].
+    infonce = label_diagnostics(columns, InfoNCE()(columns), labels)
+    assert infonce["same_class_negatives"].item() == pytest.approx(0.5)
+    assert infonce["same_class_target_mass"].item() == 0.0
+    assert infonce["cancelled_precision"].item() == 0.0
+
+    target = torch.tensor([[0.5, 0.25, 0.0, 0.25, 0.0]])
+    mask = columns.mask.clone()
+    mask[0, 2] = True  # the builder cancels id 11 (same class) by masking it
+    diagnostics = label_diagnostics(columns, Targets(target, mask), labels)
+    assert diagnostics["same_class_target_mass"].item() == pytest.approx(0.5)
+    # cancelled: id10 (mass), id11 (masked), id12 (mass) -> 2 of 3 same class
+    assert diagnostics["cancelled_precision"].item() == pytest.approx(2 / 3)
+
+
+def test_sce_target_mass_follows_similarity_to_same_class_keys():
+    keys, labels = clusters(8, 2, 8, 0.05, 3)
+    queue = MemoryQueue(capacity=16, dim=8)
+    queue.enqueue(keys, torch.arange(16))
+    rows = torch.tensor([0, 9])
+    columns = LogitColumns.build(keys[rows], rows, queue)
+    diagnostics = label_diagnostics(columns, SimilarityTargets(0.5, 0.05)(columns), labels)
+    assert diagnostics["same_class_target_mass"].item() > 0.99
+    assert diagnostics["same_class_negatives"].item() == pytest.approx(7 / 15)

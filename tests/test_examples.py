@@ -1,0 +1,36 @@
+"""The example scripts run end to end on the embedded data, and the shared flags."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softcontrast.cli import build_parser, views_of
+from softcontrast.components.augment import moco_v2_cifar
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("script", ["moco", "sce", "fnc", "slr"])
+def test_example_trains_and_reports_knn(script, tmp_path):
+    command = [sys.executable, str(EXAMPLES / f"{script}.py"), "--epochs", "1", "--train-subset", "128",
+               "--batch-size", "32", "--queue-size", "64", "--width", "8", "--output-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["method"] == script and summary["epochs_done"] == 1
+    assert set(summary["knn_accuracy"]) == {"0", "1"}
+    assert "kNN accuracy (random init)" in completed.stdout
+    assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_view_flags_default_to_no_flip_on_digits_only():
+    parser = build_parser("test")
+    (digits,) = views_of(parser.parse_args([]), moco_v2_cifar())
+    assert digits.flip_p == 0.0 and digits.crop_scale == (0.5, 1.0) and digits.size == 16
+    (folder,) = views_of(parser.parse_args(["--dataset", "imagefolder:x", "--view-size", "32"]), moco_v2_cifar())
+    assert folder.flip_p == 0.5 and folder.crop_scale == (0.2, 1.0) and folder.size == 32
+    (chosen,) = views_of(parser.parse_args(["--flip-p", "0.3", "--crop-min-scale", "0.4"]), moco_v2_cifar())
+    assert chosen.flip_p == 0.3 and chosen.crop_scale == (0.4, 1.0)
