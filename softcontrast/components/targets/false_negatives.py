@@ -86,6 +86,9 @@ def aggregated_neighbors(search: NeighborSearch | EmbeddingBank, support: Tensor
 def select_false_negatives(scores: Tensor, blocked: Tensor, top_k: int, threshold: float) -> Tensor:
     """Flags the ``top_k`` unblocked candidates of each row whose score exceeds ``threshold``.
 
+    Scores are cosines: rounding can push one past 1, so they are clamped to 1
+    (``threshold = 1`` then chooses nothing, as for exact cosines).
+
     Args:
         scores: ``B×M`` aggregated candidate scores.
         blocked: ``B×M`` candidates that may not be chosen.
@@ -95,7 +98,7 @@ def select_false_negatives(scores: Tensor, blocked: Tensor, top_k: int, threshol
     Returns:
         ``B×M`` boolean flags of the chosen candidates.
     """
-    scores = scores.masked_fill(blocked, float("-inf"))
+    scores = scores.clamp(max=1.0).masked_fill(blocked, float("-inf"))
     top = scores.topk(min(top_k, scores.shape[1]), dim=1)
     return torch.zeros_like(blocked).scatter(1, top.indices, top.values > threshold)
 

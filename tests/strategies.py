@@ -1,0 +1,233 @@
+"""Hypothesis strategies for the label-refinement invariants (tests/test_invariants.py).
+
+What they draw:
+
+* unit embeddings with exact duplicates, near-duplicates and antipodal pairs, among
+  the keys, the queue, the queries and the support views;
+* a real :class:`MemoryQueue` at every fill level (``empty``, ``partial``, ``full``,
+  ``wrapped``) reached by enqueueing batches of random sizes;
+* sample ids with collisions: queue entries that carry a row's id (older keys of
+  the same image), ids repeated inside the queue;
+* temperatures from 0.01 to 10, the ends included;
+* every target builder with legal hyperparameters (:func:`builders`), both column
+  layouts, and every mixer (:func:`mixers`) with its sampled parameters.
+
+Values come from a seeded ``torch.Generator``; hypothesis draws the structure (sizes,
+which rows are copies of which, ids, hyperparameters), so examples shrink well and
+stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import Tensor
+
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup
+from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.targets import (
+    FalseNegativeCancellation,
+    InfoNCE,
+    SelfLabelingRefinery,
+    SimilarityTargets,
+)
+
+FILL_LEVELS = ("empty", "partial", "full", "wrapped")
+RELATIONS = ("fresh", "duplicate", "near", "antipodal")
+NEAR_NOISE = (1e-4, 1e-2)
+EXTREME_TEMPERATURES = (0.01, 10.0)
+MAX_ID = 24
+
+#: Temperatures over their whole tested range, with both ends drawn on purpose.
+temperatures = st.one_of(st.sampled_from(EXTREME_TEMPERATURES), st.floats(0.01, 10.0))
+unit_interval = st.one_of(st.sampled_from((0.0, 1.0)), st.floats(0.0, 1.0))
+cosines = st.one_of(st.sampled_from((-1.0, 0.0, 1.0)), st.floats(-1.0, 1.0))
+
+
+@dataclass
+class Step:
+    """The tensors of one training step, before the target is built.
+
+    Attributes:
+        queries: ``B×D`` unit query embeddings (the online side, gets gradients).
+        keys: ``B×D`` unit momentum keys.
+        ids: ``B`` distinct sample ids of the rows.
+        queue: a real queue filled by :meth:`MemoryQueue.enqueue`.
+        support: ``B×S×D`` unit support views, the key first (FNC's input).
+        in_batch: the column layout.
+        fill: the queue's fill level, one of :data:`FILL_LEVELS`.
+    """
+
+    queries: Tensor
+    keys: Tensor
+    ids: Tensor
+    queue: MemoryQueue
+    support: Tensor
+    in_batch: bool
+    fill: str
+
+    def columns(self) -> LogitColumns:
+        """The step's columns, laid out by :meth:`LogitColumns.build`."""
+        return LogitColumns.build(self.keys, self.ids, self.queue, self.in_batch)
+
+    def to(self, dtype: torch.dtype) -> "Step":
+        """The same step with embeddings (and the queue) in ``dtype``."""
+        queue = MemoryQueue(self.queue.capacity, self.keys.shape[1]).to(dtype)
+        queue.load_state_dict({name: value.to(dtype) if value.is_floating_point() else value
+                               for name, value in self.queue.state_dict().items()})
+        return Step(self.queries.to(dtype), self.keys.to(dtype), self.ids, queue, self.support.to(dtype),
+                    self.in_batch, self.fill)
+
+
+def _related_units(draw, generator: torch.Generator, count: int, dim: int, pool: list[Tensor]) -> list[Tensor]:
+    """``count`` unit vectors, each fresh or a duplicate / near-duplicate / antipode of
+    an earlier vector (of ``pool`` or of this draw)."""
+    made = []
+    for _ in range(count):
+        sources = pool + made
+        relation = draw(st.sampled_from(RELATIONS)) if sources else "fresh"
+        if relation == "fresh":
+            vector = F.normalize(torch.randn(dim, generator=generator), dim=0)
+        else:
+            source = sources[draw(st.integers(0, len(sources) - 1))]
+            if relation == "duplicate":
+                vector = source.clone()
+            elif relation == "antipodal":
+                vector = -source
+            else:
+                noise = draw(st.sampled_from(NEAR_NOISE))
+                vector = F.normalize(source + noise * torch.randn(dim, generator=generator), dim=0)
+        made.append(vector)
+    return made
+
+
+def _fill_count(draw, fill: str, capacity: int) -> int:
+    if fill == "empty":
+        return 0
+    if fill == "partial":
+        return draw(st.integers(1, capacity - 1))
+    if fill == "full":
+        return capacity
+    return draw(st.integers(capacity + 1, 3 * capacity))
+
+
+@st.composite
+def steps(draw, in_batch: bool | None = None, fill: str | None = None, max_batch: int = 6) -> Step:
+    """A :class:`Step` with any layout and fill level, or the ones given."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    fill = draw(st.sampled_from(FILL_LEVELS)) if fill is None else fill
+    in_batch = draw(st.booleans()) if in_batch is None else in_batch
+    batch = draw(st.integers(1, max_batch))
+    dim = draw(st.integers(2, 8))
+    capacity = draw(st.integers(2 if fill == "partial" else 1, 12))
+    views = draw(st.integers(1, 4))
+
+    ids = torch.tensor(draw(st.lists(st.integers(0, MAX_ID), min_size=batch, max_size=batch, unique=True)))
+    keys = _related_units(draw, generator, batch, dim, [])
+    queue = MemoryQueue(capacity, dim)
+    remaining = _fill_count(draw, fill, capacity)
+    queued: list[Tensor] = []
+    while remaining:
+        chunk = draw(st.integers(1, remaining))
+        entries = _related_units(draw, generator, chunk, dim, keys + queued)
+        # Ids collide on purpose: a row's id (an older key of that image) or any id.
+        entry_ids = [draw(st.one_of(st.sampled_from(ids.tolist()), st.integers(0, MAX_ID))) for _ in range(chunk)]
+        queue.enqueue(torch.stack(entries), torch.tensor(entry_ids))
+        queued += entries
+        remaining -= chunk
+    queries = _related_units(draw, generator, batch, dim, keys + queued)
+    others = [_related_units(draw, generator, views - 1, dim, keys + queued) for _ in range(batch)]
+    support = torch.stack([torch.stack([key] + extra) for key, extra in zip(keys, others)])
+    return Step(torch.stack(queries), torch.stack(keys), ids, queue, support, in_batch, fill)
+
+
+KINDS = ("infonce", "sce", "slr", "fnc-eliminate", "fnc-attract")
+
+
+def builders(kind: str | None = None, temperature=temperatures):
+    """Any target builder with legal hyperparameters (or one ``kind`` of :data:`KINDS`).
+
+    SCE ``λ ∈ [0, 1]``, ``τm``; SLR ``α ∈ [0, 1]``, ``τs``, ``κ >= 1``; FNC
+    ``top_k >= 1``, ``threshold ∈ [-1, 1]``, aggregation ``max|mean``, strategy
+    ``eliminate|attract`` (the number of support views is the step's).
+    """
+    kinds = {
+        "infonce": st.just(InfoNCE()),
+        "sce": st.builds(SimilarityTargets, lam=unit_interval, tau_m=temperature),
+        "slr": st.builds(SelfLabelingRefinery, alpha=unit_interval, tau_s=temperature, kappa=st.integers(1, 30)),
+    }
+    for strategy in ("eliminate", "attract"):
+        kinds[f"fnc-{strategy}"] = st.builds(
+            FalseNegativeCancellation, top_k=st.integers(1, 30), threshold=cosines,
+            strategy=st.just(strategy), aggregation=st.sampled_from(("max", "mean")),
+        )
+    if kind is not None:
+        return kinds[kind]
+    return st.sampled_from(KINDS).flatmap(kinds.__getitem__)
+
+
+def degenerate_builders(temperature=temperatures):
+    """Each builder at the setting where the DESIGN says it is InfoNCE: SCE ``λ = 1``,
+    SLR ``α = 0``, FNC with ``threshold = 1`` (no cosine exceeds it)."""
+    return st.one_of(
+        st.builds(SimilarityTargets, lam=st.just(1.0), tau_m=temperature),
+        st.builds(SelfLabelingRefinery, alpha=st.just(0.0), tau_s=temperature, kappa=st.integers(1, 30)),
+        st.builds(FalseNegativeCancellation, top_k=st.integers(1, 30), threshold=st.just(1.0),
+                  strategy=st.sampled_from(("eliminate", "attract")), aggregation=st.sampled_from(("max", "mean"))),
+    )
+
+
+def mixers():
+    """``None`` (no mixing), :class:`MomentumMixup` or :class:`InputMixup`, per sample
+    or per batch, for one process (``across_processes=False``)."""
+    mixup = dict(beta=st.floats(0.05, 10.0), per_sample=st.booleans(), across_processes=st.just(False))
+    choices = {"none": st.none(), "momentum": st.builds(MomentumMixup, **mixup), "input": st.builds(InputMixup, **mixup)}
+    # Half of the cases unmixed, so the ``[k_i | Q]`` layout is drawn as often.
+    return st.sampled_from(("none", "momentum", "none", "input")).flatmap(choices.__getitem__)
+
+
+@st.composite
+def mix_params(draw, mixer, batch: int) -> MixParams:
+    """The mixer's own draw (``mixer.sample``, seeded), or the same with ``θ`` at an end (0 or 1)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(draw(st.integers(0, 2**32 - 1)))
+        params = mixer.sample(batch, "cpu")
+    end = draw(st.sampled_from((None, 0.0, 1.0)))
+    if end is None:
+        return params
+    return MixParams(torch.full_like(params.theta, end), params.partner, params.across_processes)
+
+
+@dataclass
+class Case:
+    """A step, a builder, and an optional mixer with its parameters."""
+
+    step: Step
+    builder: object
+    mixer: object | None
+    params: MixParams | None
+
+    def targets(self, step: Step | None = None, params: MixParams | None = None):
+        """The builder's targets of ``step`` (default: the case's), mixed if there is a mixer."""
+        step = step or self.step
+        targets = self.builder(step.columns(), step.support)
+        if self.mixer is None:
+            return targets
+        return self.mixer.mix_targets(targets, params or self.params)
+
+
+@st.composite
+def cases(draw, builder=None, fill: str | None = None, in_batch: bool | None = None) -> Case:
+    """Any builder (or those of ``builder``) on any step, composed with any mixer.
+
+    Mixing needs every row's target on the same columns, so a case with a mixer
+    uses the ``[batch keys | Q]`` layout (as SANE's ``L_MM`` does).
+    """
+    mixer = draw(mixers())
+    step = draw(steps(in_batch=True if mixer is not None else in_batch, fill=fill))
+    params = None if mixer is None else draw(mix_params(mixer, step.keys.shape[0]))
+    return Case(step, draw(builders() if builder is None else builder), mixer, params)
