@@ -274,10 +274,8 @@ def test_the_rows_own_sample_id_is_never_a_negative(fill, data):
     """At every fill level: the positive column is never masked, and every other column
     holding the row's sample id (an older key of the same image) or an empty slot is
     masked. A mixed row is checked against each row whose target carries weight in it:
-    every such row's positive stays unmasked, and when one row has all the weight
-    (``θ ∈ {0, 1}``) the mixed row masks exactly what that row needs masked. (A row
-    mixing two samples keeps a column that either of them uses; see
-    ``test_a_mixed_row_uses_older_keys_of_its_own_image_as_negatives``.)"""
+    every such row's positive stays unmasked, and every column that row needs masked
+    is masked in the mixed row unless the mixed target gives it mass."""
     case = data.draw(cases(fill=fill))
     columns = case.step.columns()
     targets = case.targets()
@@ -287,19 +285,15 @@ def test_the_rows_own_sample_id_is_never_a_negative(fill, data):
     for row, sources in enumerate(weighted_sources(case.params, rows.shape[0])):
         for source in sources:
             assert not targets.mask[row, columns.positive[source]], "a weighted row's positive must stay unmasked"
-        if len(sources) == 1:
-            source = sources[0]
             not_negative = ((ids[source] == rows[source]) | (ids[source] == -1)) & ~positives[source]
-            assert targets.mask[row][not_negative].all()
+            assert targets.mask[row][not_negative & (targets.target[row] == 0)].all()
 
 
-@pytest.mark.xfail(strict=True, reason="mix_targets keeps a column that any weighted row includes (by design, "
-                                       "tests/test_mixers.py); DESIGN masks older keys of the row's own image")
-def test_a_mixed_row_uses_older_keys_of_its_own_image_as_negatives():
+def test_a_mixed_row_masks_older_keys_of_its_own_image():
     """Row 0 (sample 7) mixed half-and-half with row 1 (sample 8): the queue holds an
     older key of sample 7. DESIGN: "queue entries whose id equals the row's sample id"
-    are always masked, yet the mixed row keeps that column (row 1 uses it) with zero
-    target, i.e. as a negative of a query that is half image 7."""
+    are always masked, so the mixed row (half image 7) must not use it as a negative,
+    although row 1 alone would."""
     keys = torch.eye(2, 3)
     queue = MemoryQueue(4, 3)
     queue.enqueue(F.normalize(torch.tensor([[1.0, 0.1, 0.0]]), dim=1), torch.tensor([7]))

@@ -71,8 +71,9 @@ def test_mixed_targets_are_the_convex_combination_of_the_permutation(seed, batch
     torch.testing.assert_close(mixed.target, theta * targets.target + (1 - theta) * (permutation @ targets.target))
     torch.testing.assert_close(mixed.target.sum(dim=1), torch.ones(batch))
     assert (mixed.target[mixed.mask] == 0).all()
-    both_masked = targets.mask & (permutation @ targets.mask.float()).bool()
-    assert torch.equal(mixed.mask, both_masked)
+    partner_mask = (permutation @ targets.mask.float()).bool()
+    masked_by_a_weighted_source = (targets.mask & (theta > 0)) | (partner_mask & (theta < 1))
+    assert torch.equal(mixed.mask, masked_by_a_weighted_source & (mixed.target == 0))
 
 
 @PROPERTY

@@ -108,11 +108,12 @@ def mix_with_partners(own: Tensor, source: Tensor, params: MixParams) -> Tensor:
 def mix_targets(targets: Targets, params: MixParams) -> Targets:
     """``target̃_i = θ_i·target_i + (1 − θ_i)·target_π(i)`` over shared columns.
 
-    A column is excluded from a mixed row only when it is excluded for every
-    source row that has weight: both (``0 < θ_i < 1``), the row itself
-    (``θ_i = 1``), or its partner (``θ_i = 0``). So every column that carries
-    target mass stays in the softmax, the mixed target is exactly the convex
-    combination, and ``θ = 1`` changes nothing.
+    A column is excluded from a mixed row when a source row with weight excludes
+    it (``θ_i > 0`` for the row, ``θ_i < 1`` for its partner) and the mixed target
+    there is zero. So older keys of either source image are never negatives (as
+    DESIGN requires of every row), every column that carries target mass stays in
+    the softmax, the mixed target is exactly the convex combination, and ``θ = 1``
+    changes nothing.
 
     Args:
         targets: rows over the same columns for every row and process (the
@@ -122,8 +123,8 @@ def mix_targets(targets: Targets, params: MixParams) -> Targets:
     theta = params.theta
     target = mix(targets.target, partner_rows(targets.target, params), theta)
     partner_mask = partner_rows(targets.mask.to(torch.uint8), params).bool()
-    own_only, partner_only = (theta == 1)[:, None], (theta == 0)[:, None]
-    mask = (targets.mask | partner_only) & (partner_mask | own_only)
+    own_weighted, partner_weighted = (theta > 0)[:, None], (theta < 1)[:, None]
+    mask = ((targets.mask & own_weighted) | (partner_mask & partner_weighted)) & (target == 0)
     return Targets(target, mask)
 
 
