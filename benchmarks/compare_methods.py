@@ -78,7 +78,8 @@ def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: 
     summary["dataset"] = args.dataset_label
     summary["process_seconds"] = round(elapsed, 1)
     summary["label_diagnostics_by_quarter"] = diagnostics_by_quarter(output_dir / "metrics.jsonl")
-    shown = [args.dataset_label if part == dataset else part for part in command[2:]]
+    placeholders = {dataset: args.dataset_label, str(output_dir): f"<scratch>/{method}"}
+    shown = [placeholders.get(part, part) for part in command[2:]]
     summary["command"] = " ".join(["python", f"examples/{script}.py", *shown])
     return summary
 
