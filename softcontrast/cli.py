@@ -7,6 +7,8 @@ import json
 from dataclasses import fields, replace
 from typing import Any, Callable
 
+from accelerate.utils import set_seed
+
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.data import load_source
@@ -73,6 +75,7 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
         args.precision, cpu=args.cpu or None, log_with="tensorboard" if args.tensorboard else None,
         project_dir=output_dir,
     )
+    set_seed(args.seed)
     splits = load_source(args.dataset, args.image_size)
     if args.train_subset is not None:
         splits.train = splits.train.subset(args.train_subset, seed=args.seed)

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from accelerate.utils import set_seed
+
 from softcontrast.cli import build_parser, views_of
-from softcontrast.components.augment import moco_v2_cifar
+from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.backbones import resnet
+from softcontrast.data import load_source
+from softcontrast.evaluation import knn_accuracy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -24,6 +29,15 @@ def test_example_trains_and_reports_knn(script, tmp_path):
     assert set(summary["knn_accuracy"]) == {"0", "1"}
     assert "kNN accuracy (random init)" in completed.stdout
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
+    assert summary["knn_accuracy"]["0"] == pytest.approx(seeded_random_init_knn(), abs=1e-4)
+
+
+def seeded_random_init_knn() -> float:
+    """kNN accuracy of the network every example builds first under --seed 0."""
+    set_seed(0)
+    splits = load_source("digits")
+    backbone = resnet("resnet18", width=8)
+    return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 16))
 
 
 def test_view_flags_default_to_no_flip_on_digits_only():
