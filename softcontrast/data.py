@@ -41,6 +41,13 @@ class DataSourceError(ValueError):
     """A dataset source string, path or file that cannot be used."""
 
 
+def random_indices(count: int, size: int, seed: int) -> Tensor:
+    """``size`` distinct indices below ``count``, drawn with ``seed``, in increasing order."""
+    if not 1 <= size <= count:
+        raise ValueError(f"subset size must lie in [1, {count}], got {size}")
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
 @dataclass
 class ImageTensorDataset:
     """A split held in memory as one ``uint8`` tensor.
@@ -77,9 +84,7 @@ class ImageTensorDataset:
 
     def subset(self, size: int, seed: int = 0) -> "ImageTensorDataset":
         """A random subset of ``size`` images (fixed by ``seed``), in the split's order."""
-        if not 1 <= size <= len(self):
-            raise ValueError(f"subset size must lie in [1, {len(self)}], got {size}")
-        chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        chosen = random_indices(len(self), size, seed)
         return ImageTensorDataset(self.images[chosen], self.labels[chosen], self.classes)
 
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
@@ -246,6 +251,12 @@ class LazyImageFolder(torch.utils.data.Dataset):
         image = decode_image(self.paths[index])
         image = TF.center_crop(TF.resize(image, self.image_size, antialias=True), [self.image_size] * 2)
         return image, index
+
+    def subset(self, size: int, seed: int = 0) -> "LazyImageFolder":
+        """A random subset of ``size`` images (fixed by ``seed``), in the folder's order."""
+        chosen = random_indices(len(self), size, seed)
+        return LazyImageFolder([self.paths[i] for i in chosen], self.labels[chosen].tolist(), self.classes,
+                               self.image_size)
 
     def load_all(self) -> ImageTensorDataset:
         """Decodes every image into one in-memory split."""

@@ -50,6 +50,9 @@ def test_large_images_stream_lazily(tmp_path):
     assert isinstance(splits.train, LazyImageFolder) and splits.test is None
     image, sample_id = splits.train[4]
     assert image.shape == (3, 120, 120) and sample_id == 4
+    subset = splits.train.subset(4, seed=1)
+    assert len(subset) == 4 and set(subset.paths) <= set(splits.train.paths)
+    assert subset.labels.tolist() == [splits.train.labels[splits.train.paths.index(p)].item() for p in subset.paths]
     batches = TrainingBatches(splits.train, batch_size=2, num_workers=0)
     images, ids = next(batches.epoch(0))
     assert images.shape == (2, 3, 120, 120) and ids.shape == (2,)
