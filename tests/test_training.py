@@ -107,3 +107,17 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
     assert not math.isnan(warmup_cosine(0, 1, 0))
+
+
+def test_metrics_also_go_to_tensorboard(tmp_path):
+    accelerator = make_accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path / "tb"))
+    config = TrainConfig(epochs=1, batch_size=8, output_dir=str(tmp_path), log_every=1)
+    Trainer(tiny_sce(), config, accelerator).fit(tiny_data())
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert "loss" in accumulator.Tags()["scalars"]
+    assert len(accumulator.Scalars("loss")) == 6
