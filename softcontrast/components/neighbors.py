@@ -32,9 +32,9 @@ Backend = Literal["torch", "faiss-flat", "faiss-ivf", "auto"]
 # 2 CPU cores, dim 128, 2048 queries (256 rows × 8 support views), k = 10.
 # index size -> backend -> (build seconds, search seconds, recall@10).
 MEASURED_CPU: dict[int, dict[str, tuple[float, float, float]]] = {
-    4096: {"torch": (0.002, 0.045, 1.0000), "faiss-flat": (0.003, 0.027, 1.0000), "faiss-ivf": (0.016, 0.027, 0.8334)},
-    65536: {"torch": (0.086, 1.594, 1.0000), "faiss-flat": (0.469, 3.315, 1.0000), "faiss-ivf": (5.753, 0.680, 1.0000)},
-    1048576: {"torch": (1.009, 29.437, 1.0000), "faiss-flat": (1.479, 24.709, 1.0000), "faiss-ivf": (25.519, 3.449, 1.0000)},
+    4096: {"torch": (0.001, 0.049, 1.0000), "faiss-flat": (0.002, 0.036, 1.0000), "faiss-ivf": (0.023, 0.033, 0.8334)},
+    65536: {"torch": (0.035, 0.728, 1.0000), "faiss-flat": (0.061, 0.449, 1.0000), "faiss-ivf": (0.986, 0.214, 1.0000)},
+    1048576: {"torch": (0.541, 12.355, 1.0000), "faiss-flat": (1.002, 5.663, 1.0000), "faiss-ivf": (6.229, 0.874, 1.0000)},
 }
 AUTO_MIN_RECALL = 0.95
 
