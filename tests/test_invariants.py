@@ -27,7 +27,6 @@ from softcontrast.components.targets import (
     FalseNegativeCancellation,
     InfoNCE,
     SelfLabelingRefinery,
-    SimilarityTargets,
     Targets,
 )
 from softcontrast.components.targets.false_negatives import queue_part

@@ -18,7 +18,7 @@ recipes); for larger crops it equals ``antialias=False``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +148,7 @@ class ViewParams:
     gray: Tensor
     blur: Tensor
     blur_sigma: Tensor
-    solarize: Tensor = field(default=None)  # type: ignore[assignment]
+    solarize: Tensor
 
 
 def _uniform(low: float, high: float, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
