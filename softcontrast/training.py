@@ -14,21 +14,15 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
+from softcontrast.checkpoints import CheckpointMismatchError  # noqa: F401  (raised by fit; imported from here)
+from softcontrast.checkpoints import CheckpointStore, find_resume, prepare_output_dir, rewind_metrics
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
 from softcontrast.evaluation import knn_accuracy
+from softcontrast.finite import FiniteGuard, check_finite_weights, loss_parts
 from softcontrast.methods.base import ContrastiveMethod
 
-CHECKPOINT_DIR = "checkpoints"
-RUN_CONFIG = "run_config.json"
 METRICS_FILE = "metrics.jsonl"
-
-#: Run settings that may change between a checkpoint and its resumption.
-RESUMABLE_KEYS = frozenset({"resume", "output_dir", "stop_after_epochs", "log_every", "knn_every", "num_workers"})
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint written by a run with other settings."""
 
 
 def make_accelerator(
@@ -71,12 +65,18 @@ class TrainConfig:
         seed: seed of the weights, data order and augmentations.
         output_dir: where checkpoints, metrics and the exported backbone go.
         checkpoint_every: save a checkpoint every this many epochs (0: only at the end).
+        checkpoint_every_steps: also save every this many optimizer steps (0: never);
+            resuming from one continues mid-epoch exactly.
+        keep_checkpoints: complete checkpoints kept after each save (0 keeps all).
         stop_after_epochs: stop this invocation after this many epochs (resume later).
         knn_every: kNN monitor every this many epochs (0: before and after training only).
         knn_k: neighbours of the kNN monitor.
         knn_temperature: temperature of the kNN monitor.
-        log_every: steps between logged metrics (and NaN checks).
-        resume: a checkpoint folder, or ``latest`` for the newest in ``output_dir``.
+        log_every: steps between logged metrics. NaN and infinity are caught at every
+            step on the device; the check is read when logging and before any save.
+        resume: a checkpoint folder; ``latest`` for the newest complete one in
+            ``output_dir`` (an error if there is none); ``auto`` for the newest if
+            there is one, else a fresh start.
         resident_data: hold an in-memory dataset on the training device.
         num_workers: loader workers for streamed image folders.
         compile: ``torch.compile`` the online and momentum encoders.
@@ -94,6 +94,8 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
     stop_after_epochs: int | None = None
     knn_every: int = 0
     knn_k: int = 200
@@ -118,6 +120,13 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.checkpoint_every < 0 or self.checkpoint_every_steps < 0:
+            raise ValueError(
+                f"checkpoint_every and checkpoint_every_steps must be >= 0, got {self.checkpoint_every} "
+                f"and {self.checkpoint_every_steps}"
+            )
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -181,9 +190,10 @@ class Trainer:
     ):
         self.method, self.config = method, config
         self.accelerator = accelerator or make_accelerator()
-        self.run_config = {**asdict(config), **(run_config or {})}
+        self.run_config = {**asdict(config), **(run_config or {}), "num_processes": self.accelerator.num_processes}
         self.output_dir = Path(config.output_dir)
         self.progress = _Progress()
+        self.checkpoints = CheckpointStore(self.output_dir, self.accelerator, self.run_config, config.keep_checkpoints)
 
     def _check_sizes(self, num_samples: int) -> None:
         global_batch = self.config.batch_size * self.accelerator.num_processes
@@ -213,43 +223,19 @@ class Trainer:
             device=self.accelerator.device,
         )
 
-    def _resolve_resume(self) -> Path | None:
-        if self.config.resume is None:
-            return None
-        if self.config.resume == "latest":
-            candidates = sorted((self.output_dir / CHECKPOINT_DIR).glob("epoch_*"))
-            if not candidates:
-                raise FileNotFoundError(
-                    f"resume=latest but {self.output_dir / CHECKPOINT_DIR} holds no checkpoint: start without --resume"
-                )
-            return candidates[-1]
-        path = Path(self.config.resume)
-        if not (path / RUN_CONFIG).is_file():
-            raise FileNotFoundError(f"{path} is not a softcontrast checkpoint (no {RUN_CONFIG}): check the path")
-        return path
+    def _check_finite(self, guard: FiniteGuard, weights: bool = False) -> None:
+        """Raises if a loss part (or, with ``weights``, a weight) went non-finite; every save checks first."""
+        kept = self.checkpoints.complete()
+        where = (f"No checkpoint was written after it; the newest is {kept[-1].describe()}. " if kept
+                 else "No checkpoint was written. ")
+        guard.check(self.accelerator, where)
+        if weights:
+            check_finite_weights(self.method, self.accelerator, self.progress.global_step, where)
 
-    def _check_compatible(self, checkpoint: Path) -> None:
-        saved = json.loads((checkpoint / RUN_CONFIG).read_text())
-        different = {
-            key: (saved.get(key), value)
-            for key, value in json.loads(json.dumps(self.run_config, default=str)).items()
-            if key not in RESUMABLE_KEYS and saved.get(key) != value
-        }
-        if different:
-            described = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in sorted(different.items()))
-            raise CheckpointMismatchError(
-                f"checkpoint {checkpoint} was written with other settings ({described}); "
-                "resume with the same settings or use a new output directory"
-            )
-
-    def _save(self, epoch: int) -> Path:
-        path = self.output_dir / CHECKPOINT_DIR / f"epoch_{epoch:04d}"
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            (path / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=2, default=str))
-        self.accelerator.wait_for_everyone()
-        return path
+    def _save(self, guard: FiniteGuard) -> Path:
+        """Saves a checkpoint after checking loss and weights (a checkpoint never holds NaN)."""
+        self._check_finite(guard, weights=True)
+        return self.checkpoints.save(self.progress.epoch, self.progress.global_step)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -268,14 +254,16 @@ class Trainer:
             The kNN accuracies, losses, and throughput of this invocation.
 
         Raises:
-            FloatingPointError: the loss became NaN or infinite (the last
-                checkpoint is kept; lower the learning rate or use fp32).
+            NonFiniteError: the loss or the weights became NaN or infinite (names the
+                first bad step and loss part; no checkpoint is written after it).
             CheckpointMismatchError: ``resume`` points at a run with other settings.
+            NoCheckpointError: ``resume`` names no complete checkpoint.
+            OutputWriteError: the output directory or a checkpoint cannot be written.
         """
         config, accelerator = self.config, self.accelerator
         self._check_sizes(len(train))
         set_seed(config.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(self.output_dir)
         batches = TrainingBatches(
             train,
             config.batch_size,
@@ -309,14 +297,16 @@ class Trainer:
         if accelerator.log_with and accelerator.trackers == []:
             accelerator.init_trackers("softcontrast", config={k: str(v) for k, v in self.run_config.items()})
 
-        checkpoint = self._resolve_resume()
+        checkpoint = find_resume(self.output_dir, config.resume)
         if checkpoint is not None:
-            self._check_compatible(checkpoint)
-            accelerator.load_state(str(checkpoint))
+            self.checkpoints.load(checkpoint)
+            if accelerator.is_main_process:
+                rewind_metrics(self.output_dir / METRICS_FILE, self.progress.global_step)
+        guard = FiniteGuard(accelerator.device, steps_per_epoch)
 
         result = TrainResult()
         eval_recipe = self.method.query_augment.recipe
-        if test is not None and self.progress.epoch == 0:
+        if test is not None and self.progress.global_step == 0:
             result.knn[0] = self._evaluate(train, test, eval_recipe)
             self._log({"epoch": 0, "step": 0, "knn_accuracy": result.knn[0]})
 
@@ -327,7 +317,7 @@ class Trainer:
         for epoch in range(self.progress.epoch, last_epoch):
             bar = _progress_bar(accelerator, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
             model.train()
-            for images, ids in batches.epoch(epoch):
+            for images, ids in batches.epoch(epoch, self.progress.global_step - epoch * steps_per_epoch):
                 with accelerator.autocast():
                     output = model(images, ids)
                 accelerator.backward(output.loss)
@@ -338,9 +328,13 @@ class Trainer:
                 self.progress.global_step += 1
                 images_seen += images.shape[0] * accelerator.num_processes
                 result.losses.append(output.loss.detach())
+                guard.observe(self.progress.global_step, loss_parts(output.loss, output.metrics))
                 if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
+                    self._check_finite(guard)
                     self._log_step(output.metrics, epoch, scheduler.get_last_lr()[0], total_steps, bar)
                 bar.update(1)
+                if self._step_checkpoint_due() and self.progress.global_step % steps_per_epoch:
+                    self._save(guard)
             bar.close()
             self.progress.epoch = epoch + 1
             if test is not None and config.knn_every and self.progress.epoch % config.knn_every == 0:
@@ -348,14 +342,15 @@ class Trainer:
                 self._log({"epoch": self.progress.epoch, "step": self.progress.global_step,
                            "knn_accuracy": result.knn[self.progress.epoch]})
             if (config.checkpoint_every and self.progress.epoch % config.checkpoint_every == 0) or (
-                self.progress.epoch == last_epoch
+                self.progress.epoch == last_epoch or self._step_checkpoint_due()
             ):
-                self._save(self.progress.epoch)
+                self._save(guard)
         result.wall_seconds = time.perf_counter() - start_time
         result.images_per_second = images_seen / max(result.wall_seconds, 1e-9)
         result.losses = [float(x) for x in result.losses]
         result.epochs_done = self.progress.epoch
         if self.progress.epoch == config.epochs:
+            self._check_finite(guard, weights=True)
             if test is not None and config.epochs not in result.knn:
                 result.knn[config.epochs] = self._evaluate(train, test, eval_recipe)
                 self._log({"epoch": config.epochs, "step": self.progress.global_step,
@@ -364,14 +359,12 @@ class Trainer:
         accelerator.end_training()
         return result
 
+    def _step_checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every_steps
+        return bool(every) and self.progress.global_step % every == 0
+
     def _log_step(self, metrics: dict, epoch: int, lr: float, total_steps: int, bar) -> None:
         values = {name: float(value) for name, value in metrics.items()}
-        if not math.isfinite(values["loss"]):
-            raise FloatingPointError(
-                f"loss is {values['loss']} at step {self.progress.global_step} (epoch {epoch + 1}); "
-                f"checkpoints up to the last finished epoch are kept in {self.output_dir / CHECKPOINT_DIR}. "
-                "Lower the learning rate, use mixed_precision='no', or check the data for NaNs."
-            )
         step = self.progress.global_step
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
                   "momentum": self.method.momentum_at(step, total_steps), **values}
