@@ -1,6 +1,6 @@
 """Train FNC, False Negative Cancellation. Run: accelerate launch examples/fnc.py [flags]."""
 
-from softcontrast.cli import build_parser, run, views_of
+from softcontrast.cli import build_parser, main, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.components.neighbors import BACKENDS
@@ -38,4 +38,4 @@ if __name__ == "__main__":
     parser.add_argument("--strategy", default="attract", choices=STRATEGIES)
     parser.add_argument("--aggregation", default="max", choices=AGGREGATIONS, help="over the support views")
     parser.add_argument("--search-backend", default="torch", choices=BACKENDS, help="neighbour search of the queue")
-    run("fnc", make_method, parser.parse_args())
+    main("fnc", make_method, parser)

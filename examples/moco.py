@@ -1,6 +1,6 @@
 """Train MoCo v2 (the baseline). Run: accelerate launch examples/moco.py [flags]."""
 
-from softcontrast.cli import build_parser, run, views_of
+from softcontrast.cli import build_parser, main, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import MoCoV2
@@ -24,4 +24,4 @@ def make_method(backbone, args):
 if __name__ == "__main__":
     parser = build_parser(__doc__)
     parser.add_argument("--temperature", type=float, default=0.2, help="τ of InfoNCE")
-    run("moco", make_method, parser.parse_args())
+    main("moco", make_method, parser)

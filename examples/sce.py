@@ -1,6 +1,6 @@
 """Train SCE, Similarity Contrastive Estimation. Run: accelerate launch examples/sce.py [flags]."""
 
-from softcontrast.cli import build_parser, run, views_of
+from softcontrast.cli import build_parser, main, views_of
 from softcontrast.components.augment import sce_strong, sce_weak
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import SCE
@@ -31,4 +31,4 @@ if __name__ == "__main__":
     parser.add_argument("--tau", type=float, default=0.1, help="τ of the online distribution")
     parser.add_argument("--tau-m", type=float, default=0.05, help="τm of the similarity target")
     parser.add_argument("--in-batch-keys", action="store_true", help="columns [all batch keys | queue]")
-    run("sce", make_method, parser.parse_args())
+    main("sce", make_method, parser)

@@ -1,6 +1,6 @@
 """Train SANE, Self-Labeling Refinement + Momentum Mixup. Run: accelerate launch examples/slr.py [flags]."""
 
-from softcontrast.cli import build_parser, run, views_of
+from softcontrast.cli import build_parser, main, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import SANE
@@ -41,4 +41,4 @@ if __name__ == "__main__":
     parser.add_argument("--no-slr", action="store_true", help="one-hot labels instead of refined ones")
     parser.add_argument("--no-mixup", action="store_true", help="drop the momentum-mixup loss")
     parser.add_argument("--in-batch-keys", action="store_true", help="columns [all batch keys | queue] for L_SLR")
-    run("slr", make_method, parser.parse_args())
+    main("slr", make_method, parser)

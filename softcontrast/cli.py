@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import fields, replace
 from typing import Any, Callable
 
 from accelerate.utils import set_seed
 
+from softcontrast.checkpoints import NoCheckpointError, OutputWriteError
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.data import load_source
@@ -16,6 +19,12 @@ from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
 
 MethodFactory = Callable[[Backbone, argparse.Namespace], ContrastiveMethod]
+
+#: Errors a CLI user can fix (flags, data, checkpoints, output directory, a diverged run):
+#: :func:`main` prints their message as one line and exits with status 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, NotADirectoryError, NoCheckpointError, OutputWriteError, FloatingPointError,
+)
 
 
 def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
@@ -57,8 +66,11 @@ def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     add("--seed", type=int, default=0)
     add("--output-dir", default=None, help="default: runs/<method>")
     add("--checkpoint-every", type=int, default=5, help="epochs between checkpoints")
+    add("--checkpoint-every-steps", type=int, default=0, help="also save every this many steps (0: never)")
+    add("--keep-checkpoints", type=int, default=3, help="complete checkpoints kept (0: all)")
     add("--stop-after-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
-    add("--resume", default=None, help="checkpoint folder, or 'latest'")
+    add("--resume", default=None,
+        help="checkpoint folder; 'latest' (newest complete one, error if none); 'auto' (latest if any, else fresh)")
     add("--knn-every", type=int, default=0, help="epochs between kNN evaluations (0: before and after)")
     add("--knn-k", type=int, default=200)
     add("--log-every", type=int, default=10)
@@ -103,6 +115,25 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
             print(f"kNN accuracy ({label}): {100 * accuracy:.2f}%")
         print(json.dumps(summary))
     return result
+
+
+def main(method_name: str, factory: MethodFactory, parser: argparse.ArgumentParser,
+         argv: list[str] | None = None) -> TrainResult:
+    """Parses the flags and runs; a user error ends the process with one line on stderr and status 2.
+
+    User errors are :data:`USER_ERRORS`; any other exception (a programming error)
+    keeps its traceback, and so does every error when the environment variable
+    ``SOFTCONTRAST_TRACEBACK=1`` is set.
+    """
+    args = parser.parse_args(argv)
+    try:
+        return run(method_name, factory, args)
+    except USER_ERRORS as error:
+        if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def views_of(args: argparse.Namespace, *recipes: ViewRecipe) -> list[ViewRecipe]:

@@ -1,0 +1,334 @@
+"""Checkpoints that survive a kill, NaN never saved, and one-line CLI errors.
+
+The kill tests run the real example script in subprocesses (through
+``kill_harness.py``, which only chooses the moment) and SIGKILL them.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softcontrast.checkpoints import (
+    MARKER,
+    PARTIAL_PREFIX,
+    RUN_CONFIG,
+    CheckpointMismatchError,
+    NoCheckpointError,
+    OutputWriteError,
+    find_resume,
+    incomplete_folders,
+    list_checkpoints,
+    rewind_metrics,
+)
+from softcontrast.cli import USER_ERRORS, build_parser, main
+from softcontrast.components.augment import for_image_size, sce_strong, sce_weak
+from softcontrast.components.backbones import resnet
+from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights
+from softcontrast.methods import SCE
+from softcontrast.training import make_accelerator
+
+from test_training import fit, tiny_sce
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = Path(__file__).resolve().parent / "kill_harness.py"
+MOCO = ROOT / "examples" / "moco.py"
+# 96 digits, 16 per step: 6 steps per epoch on one process, 12 in all; saves at steps 4, 6, 8, 12.
+FLAGS = ["--cpu", "--epochs", "2", "--train-subset", "96", "--batch-size", "16", "--queue-size", "32",
+         "--width", "4", "--projector-hidden", "32", "--projector-out", "16", "--log-every", "1",
+         "--checkpoint-every", "1", "--checkpoint-every-steps", "4", "--keep-checkpoints", "3"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def steps_of(folder: Path) -> list[int]:
+    return [c.global_step for c in list_checkpoints(folder / "checkpoints")]
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def assert_same_losses(run: dict[int, float], reference: dict[int, float]) -> None:
+    assert sorted(run) == sorted(reference)
+    for step, loss in reference.items():
+        assert abs(run[step] - loss) <= 1e-6, (step, run[step], loss)
+
+
+def launch(command: list[str], control: Path) -> subprocess.Popen:
+    control.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when_paused(process: subprocess.Popen, control: Path, processes: int = 1, timeout: float = 400) -> None:
+    """Waits for the hook to pause the run, then SIGKILLs every training process."""
+    deadline = time.monotonic() + timeout
+    while not (control / "paused").exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before the hook paused it:\n{process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the hook never paused the run")
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the other processes reach their barrier
+    for rank in range(processes):
+        os.kill(int((control / f"pid_{rank}").read_text()), signal.SIGKILL)
+    process.kill()
+    process.communicate(timeout=60)
+
+
+def run_to_end(command: list[str]) -> subprocess.CompletedProcess:
+    completed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def harness(control: Path, hook: str, output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(HARNESS), str(control), hook, str(MOCO), *FLAGS, "--output-dir", str(output_dir),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, float]:
+    output_dir = tmp_path_factory.mktemp("straight")
+    run_to_end([sys.executable, str(MOCO), *FLAGS, "--output-dir", str(output_dir)])
+    assert steps_of(output_dir) == [6, 8, 12]  # keep 3 of 4, 6, 8, 12
+    return logged_losses(output_dir)
+
+
+def test_killed_mid_epoch_resumes_with_the_same_losses(tmp_path, uninterrupted):
+    output_dir, control = tmp_path / "run", tmp_path / "control"
+    process = launch(harness(control, "step:10", output_dir), control)
+    kill_when_paused(process, control)
+    assert steps_of(output_dir) == [4, 6, 8] and not (output_dir / "backbone.pt").exists()
+    resumed = run_to_end([sys.executable, str(MOCO), *FLAGS, "--output-dir", str(output_dir), "--resume", "latest"])
+    assert "resuming from" in resumed.stderr and "step_000000008 (epoch 1, step 8)" in resumed.stderr
+    assert_same_losses(logged_losses(output_dir), uninterrupted)
+    assert (output_dir / "backbone.pt").is_file()
+
+
+def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
+    output_dir, control = tmp_path / "run", tmp_path / "control"
+    process = launch(harness(control, "save:4", output_dir), control)  # the save at step 12
+    kill_when_paused(process, control)
+    partial = output_dir / "checkpoints" / (PARTIAL_PREFIX + "step_000000012")
+    assert (partial / MARKER).is_file() and (partial / "model.safetensors").is_file()
+    assert steps_of(output_dir) == [4, 6, 8]
+    resumed = run_to_end([sys.executable, str(MOCO), *FLAGS, "--output-dir", str(output_dir), "--resume", "latest"])
+    assert "step_000000008 (epoch 1, step 8)" in resumed.stderr
+    assert_same_losses(logged_losses(output_dir), uninterrupted)
+    assert steps_of(output_dir) == [6, 8, 12] and not partial.exists()
+
+
+@pytest.mark.distributed
+def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path):
+    # 128 digits, 16 per process: 4 steps per epoch, 8 in all; saves at 3, 4, 6, 8.
+    flags = ["--train-subset", "128", "--checkpoint-every-steps", "3", "--queue-size", "64"]
+
+    def torchrun(control: Path, hook: str, output_dir: Path, port: int, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                *harness(control, hook, output_dir, *flags, *extra)[1:]]
+
+    straight = tmp_path / "straight"
+    run_to_end(torchrun(tmp_path / "c0", "none", straight, 29531))
+    killed, control = tmp_path / "killed", tmp_path / "c1"
+    process = launch(torchrun(control, "save:4", killed, 29532), control)  # the save at step 8
+    kill_when_paused(process, control, processes=2)
+    assert steps_of(killed) == [3, 4, 6]
+    resumed = run_to_end(torchrun(tmp_path / "c2", "none", killed, 29533, "--resume", "latest"))
+    assert "step_000000006 (epoch 1, step 6)" in resumed.stderr
+    assert_same_losses(logged_losses(killed), logged_losses(straight))
+    assert len(logged_losses(straight)) == 8
+
+
+def test_a_failed_save_is_one_clear_line_and_keeps_the_previous_checkpoint(tmp_path):
+    output_dir, control = tmp_path / "run", tmp_path / "control"
+    control.mkdir()
+    # files are limited to 16 KiB after the first save (step 4), as on a full disk
+    command = harness(control, "fsize:1", output_dir, "--log-every", "100")
+    completed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    error = completed.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in completed.stderr
+    assert "could not write checkpoint" in error and "step_000000006" in error
+    assert "the previous checkpoint" in error and "step_000000004 is intact" in error
+    assert steps_of(output_dir) == [4]
+    assert not [p for p in (output_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def write_checkpoint(folder: Path, step: int, serial: int, settings: dict | None = None, marker: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / RUN_CONFIG).write_text(json.dumps(settings or {}))
+    if marker:
+        (folder / MARKER).write_text(json.dumps({"epoch": 0, "global_step": step, "serial": serial}))
+    return folder
+
+
+def test_latest_takes_only_complete_checkpoints_and_the_newest_save(tmp_path):
+    directory = tmp_path / "checkpoints"
+    write_checkpoint(directory / "step_000000004", 4, serial=1)
+    write_checkpoint(directory / "step_000000008", 8, serial=2)
+    write_checkpoint(directory / "step_000000012", 12, serial=3, marker=False)  # an interrupted in-place write
+    write_checkpoint(directory / "epoch_0004", 24, serial=9, marker=False)  # the old in-place layout
+    write_checkpoint(directory / (PARTIAL_PREFIX + "step_000000016"), 16, serial=4)
+    assert find_resume(tmp_path, "latest").global_step == 8
+    assert find_resume(tmp_path, "auto").global_step == 8
+    assert sorted(p.name for p in incomplete_folders(directory)) == ["epoch_0004", "step_000000012"]
+    # resumed from step 4 and saved step 6 afterwards: latest follows the saves, not the step numbers
+    write_checkpoint(directory / "step_000000006", 6, serial=3)
+    assert find_resume(tmp_path, "latest").global_step == 6
+    with pytest.raises(NoCheckpointError, match="not a softcontrast checkpoint"):
+        find_resume(tmp_path, str(directory / "step_000000012"))
+
+
+def test_auto_starts_fresh_on_an_empty_output_dir_and_latest_refuses(tmp_path):
+    assert find_resume(tmp_path / "empty", "auto") is None
+    with pytest.raises(NoCheckpointError, match="no checkpoint"):
+        find_resume(tmp_path / "empty", "latest")
+    result = fit(tiny_sce(), tmp_path / "empty", epochs=1, resume="auto", checkpoint_every_steps=0)
+    assert result.epochs_done == 1 and len(result.losses) == 6
+    assert steps_of(tmp_path / "empty") == [6]
+
+
+def test_mid_epoch_checkpoints_resume_exactly_and_only_the_newest_are_kept(tmp_path):
+    straight = fit(tiny_sce(), tmp_path / "straight", epochs=2, checkpoint_every=0, checkpoint_every_steps=4,
+                   keep_checkpoints=2)
+    assert steps_of(tmp_path / "straight") == [8, 12]  # saves at 4, 8, 12; 6 steps per epoch
+    assert not [p for p in (tmp_path / "straight" / "checkpoints").iterdir() if p.name.startswith(".")]
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_000000008", resumed_dir / "step_000000008")
+    resumed = fit(tiny_sce(), tmp_path / "resumed", epochs=2, checkpoint_every=0, checkpoint_every_steps=4,
+                  keep_checkpoints=2, resume="latest")
+    assert resumed.losses == straight.losses[8:]
+    assert steps_of(tmp_path / "resumed") == [8, 12]
+
+
+class PoisonedSCE(SCE):
+    """SCE whose loss gains a NaN part at one chosen step (test only)."""
+
+    def __init__(self, *args, nan_step: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nan_step, self.steps = nan_step, 0
+
+    def forward(self, images, ids):
+        output = super().forward(images, ids)
+        self.steps += 1
+        poison = torch.zeros((), device=images.device)
+        if self.steps == self.nan_step:
+            poison = poison * float("nan")
+        output.metrics["loss_poison"] = poison
+        output.loss = output.loss + poison
+        return output
+
+
+def test_nan_at_a_chosen_step_is_named_and_no_checkpoint_follows_it(tmp_path):
+    torch.manual_seed(0)
+    method = PoisonedSCE(resnet("resnet18", width=8), queue_size=32, nan_step=5,
+                         query_view=for_image_size(sce_strong(), 16), key_view=for_image_size(sce_weak(), 16))
+    with pytest.raises(NonFiniteError, match=r"step 5 \(epoch 1\): loss=nan, loss_poison=nan") as caught:
+        fit(method, tmp_path, epochs=2, log_every=100, checkpoint_every_steps=2)
+    assert "the newest is" in str(caught.value) and "step 4" in str(caught.value)
+    assert steps_of(tmp_path) == [2, 4]
+    assert not (tmp_path / "backbone.pt").exists()
+    for folder in list_checkpoints(tmp_path / "checkpoints"):
+        assert all(torch.isfinite(t).all() for t in load_file(folder.path / "model.safetensors").values())
+
+
+def test_the_guard_names_the_first_bad_step_without_reading_the_device_before(tmp_path):
+    accelerator = make_accelerator(cpu=True)
+    guard = FiniteGuard("cpu", steps_per_epoch=3)
+    guard.check(accelerator)  # nothing observed yet
+    guard.observe(1, {"loss": torch.tensor(1.0), "loss_mm": torch.tensor(0.5)})
+    guard.check(accelerator)
+    guard.observe(2, {"loss": torch.tensor(float("inf")), "loss_mm": torch.tensor(float("inf"))})
+    guard.observe(4, {"loss": torch.tensor(float("nan")), "loss_mm": torch.tensor(1.0)})
+    with pytest.raises(NonFiniteError, match=r"step 2 \(epoch 1\): loss=inf, loss_mm=inf\. "):
+        guard.check(accelerator)
+    model = torch.nn.Linear(2, 2)
+    check_finite_weights(model, accelerator, 3)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"after step 3 \(bias\)"):
+        check_finite_weights(model, accelerator, 3)
+
+
+def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 0, "knn_accuracy": 0.1}\n{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"st')
+    rewind_metrics(log, 1)
+    assert log.read_text() == '{"step": 0, "knn_accuracy": 0.1}\n{"step": 1, "loss": 2.0}\n'
+
+
+# -- one-line CLI errors ---------------------------------------------------------------------------
+
+def moco_factory(backbone, args):
+    sys.path.insert(0, str(ROOT / "examples"))
+    from moco import make_method
+
+    return make_method(backbone, args)
+
+
+def moco_parser():
+    parser = build_parser("test")
+    parser.prog = "moco.py"
+    parser.add_argument("--temperature", type=float, default=0.2)
+    return parser
+
+
+TINY = ["--cpu", "--epochs", "1", "--train-subset", "64", "--batch-size", "16", "--queue-size", "32", "--width", "4"]
+
+
+def user_error(tmp_path: Path, capsys, *flags: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main("moco", moco_factory, moco_parser(), [*TINY, "--output-dir", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("moco.py: error: ") and "Traceback" not in "\n".join(lines)
+    return lines[-1]
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    assert "lr must be > 0" in user_error(tmp_path, capsys, "--lr", "-1")
+    assert "keep_checkpoints must be >= 0" in user_error(tmp_path, capsys, "--keep-checkpoints", "-1")
+    assert "npz file not found" in user_error(tmp_path, capsys, "--dataset", f"npz:{tmp_path}/none.npz")
+    assert "holds no checkpoint" in user_error(tmp_path, capsys, "--resume", "latest")
+    assert "not a softcontrast checkpoint" in user_error(tmp_path, capsys, "--resume", str(tmp_path))
+    (tmp_path / "file").write_text("")
+    assert "cannot write to the output directory" in user_error(tmp_path, capsys, "--output-dir",
+                                                                str(tmp_path / "file" / "run"))
+    settings = {**vars(moco_parser().parse_args(TINY)), "lr": 0.5}
+    write_checkpoint(tmp_path / "out" / "checkpoints" / "step_000000002", 2, 1, settings)
+    assert "other settings (" in user_error(tmp_path, capsys, "--resume", "latest")
+
+
+def test_programming_errors_keep_their_traceback(tmp_path):
+    def broken_factory(backbone, args):
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError, match="a bug"):
+        main("moco", broken_factory, moco_parser(), [*TINY, "--output-dir", str(tmp_path)])
+
+
+def test_the_example_script_exits_with_status_2_and_one_line(tmp_path):
+    command = [sys.executable, str(MOCO), *TINY, "--output-dir", str(tmp_path), "--resume", "latest"]
+    completed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("moco.py: error: resume=latest but ")
+
+
+def test_checkpoint_errors_are_the_kinds_the_cli_reports():
+    for error in (CheckpointMismatchError, NoCheckpointError, OutputWriteError, NonFiniteError):
+        assert issubclass(error, USER_ERRORS)
+    assert not issubclass(TypeError, USER_ERRORS) and not issubclass(RuntimeError, USER_ERRORS)
