@@ -263,37 +263,40 @@ class CheckpointStore:
         accelerator = self.accelerator
         final = self.directory / checkpoint_name(global_step)
         partial = self.directory / (PARTIAL_PREFIX + final.name)
+        # (main process only?, action); after each phase every process learns whether any failed,
+        # so the main process publishes only what every process has written
+        phases = [
+            (True, lambda: _clear(partial, self.directory)),
+            (False, lambda: accelerator.save_state(str(partial))),
+            (True, lambda: self._publish(partial, final, epoch, global_step)),
+        ]
         error: BaseException | None = None
-        if accelerator.is_main_process:
-            error = _attempt(lambda: _clear(partial, self.directory))
-        accelerator.wait_for_everyone()
-        if error is None:
-            error = _attempt(lambda: accelerator.save_state(str(partial)))
-        if error is None and accelerator.is_main_process:
-            serial = max((c.serial for c in self.complete()), default=0) + 1
-            checkpoint = Checkpoint(final, epoch, global_step, serial)
-            error = _attempt(lambda: self._publish(partial, checkpoint))
-        if self._any_failed(error):
-            previous = self.complete()
+        for main_only, action in phases:
+            if accelerator.is_main_process or not main_only:
+                error = _attempt(action)
+            if self._any_failed(error):
+                break
+        else:
             if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-            kept = f"the previous checkpoint {previous[-1].path} is intact" if previous else "no earlier checkpoint exists"
-            cause = f"{error.strerror or error}" if isinstance(error, OSError) else f"{error or 'failed on another process'}"
-            raise OutputWriteError(
-                f"could not write checkpoint {final} ({cause}); {kept}. "
-                "Free disk space or choose another --output-dir"
-            ) from error
+                self.prune()
+            accelerator.wait_for_everyone()
+            return final
+        previous = self.complete()
         if accelerator.is_main_process:
-            self.prune()
-        accelerator.wait_for_everyone()
-        return final
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = f"the previous checkpoint {previous[-1].path} is intact" if previous else "no earlier checkpoint exists"
+        cause = f"{error.strerror or error}" if isinstance(error, OSError) else f"{error or 'failed on another process'}"
+        raise OutputWriteError(
+            f"could not write checkpoint {final} ({cause}); {kept}. "
+            "Free disk space or choose another --output-dir"
+        ) from error
 
-    def _publish(self, partial: Path, checkpoint: Checkpoint) -> None:
+    def _publish(self, partial: Path, final: Path, epoch: int, global_step: int) -> None:
+        serial = max((c.serial for c in self.complete()), default=0) + 1
         (partial / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=2, default=str))
-        marker = {"epoch": checkpoint.epoch, "global_step": checkpoint.global_step, "serial": checkpoint.serial}
-        (partial / MARKER).write_text(json.dumps(marker))
+        (partial / MARKER).write_text(json.dumps({"epoch": epoch, "global_step": global_step, "serial": serial}))
         _sync_folder(partial)
-        publish(partial, checkpoint.path)
+        publish(partial, final)
 
     def _any_failed(self, error: BaseException | None) -> bool:
         flag = torch.tensor([error is not None], dtype=torch.int64, device=self.accelerator.device)

@@ -19,7 +19,7 @@ class NonFiniteError(FloatingPointError):
     """The loss or the weights became NaN or infinite."""
 
 
-ADVICE = "Lower the learning rate, use mixed precision 'no', or check the data for NaNs."
+ADVICE = "Lower the learning rate, train in fp32 (--precision no), or check the data for NaNs."
 
 
 def loss_parts(loss: Tensor, metrics: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -152,6 +152,7 @@ def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path)
 
 
 def test_a_failed_save_is_one_clear_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """Also the end-to-end check of the CLI: exit status 2, one line, no traceback."""
     output_dir, control = tmp_path / "run", tmp_path / "control"
     control.mkdir()
     # files are limited to 16 KiB after the first save (step 4), as on a full disk
@@ -318,14 +319,6 @@ def test_programming_errors_keep_their_traceback(tmp_path):
 
     with pytest.raises(TypeError, match="a bug"):
         main("moco", broken_factory, moco_parser(), [*TINY, "--output-dir", str(tmp_path)])
-
-
-def test_the_example_script_exits_with_status_2_and_one_line(tmp_path):
-    command = [sys.executable, str(MOCO), *TINY, "--output-dir", str(tmp_path), "--resume", "latest"]
-    completed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 2
-    assert "Traceback" not in completed.stderr
-    assert completed.stderr.strip().splitlines()[-1].startswith("moco.py: error: resume=latest but ")
 
 
 def test_checkpoint_errors_are_the_kinds_the_cli_reports():
