@@ -54,12 +54,11 @@ class FiniteGuard:
         self.first_step = torch.where(first, torch.full_like(self.first_step, step), self.first_step)
         self.values = torch.where(first, values, self.values)
 
-    def check(self, accelerator: Accelerator, where: str = "") -> None:
+    def check(self, accelerator: Accelerator) -> None:
         """Raises if any process saw a non-finite loss part (one synchronisation, collective).
 
         Args:
             accelerator: gathers the records of all processes (call on all of them).
-            where: a sentence appended to the error (e.g. which checkpoints remain).
 
         Raises:
             NonFiniteError: names the first bad step, its epoch, and each part's value.
@@ -76,12 +75,10 @@ class FiniteGuard:
             f"{name}={value}" for name, value in zip(self.names, values[rank].tolist()) if not _finite(value)
         )
         epoch = (step - 1) // self.steps_per_epoch + 1
-        raise NonFiniteError(
-            f"loss is not finite at step {step} (epoch {epoch}): {described}. {where}{ADVICE}"
-        )
+        raise NonFiniteError(f"loss is not finite at step {step} (epoch {epoch}): {described}. {ADVICE}")
 
 
-def check_finite_weights(model: nn.Module, accelerator: Accelerator, step: int, where: str = "") -> None:
+def check_finite_weights(model: nn.Module, accelerator: Accelerator, step: int) -> None:
     """Raises if a floating parameter or buffer of ``model`` is not finite on any process (collective).
 
     Raises:
@@ -94,7 +91,7 @@ def check_finite_weights(model: nn.Module, accelerator: Accelerator, step: int, 
         return
     named = [*model.named_parameters(), *model.named_buffers()]
     name = next((n for n, t in named if t.is_floating_point() and not torch.isfinite(t).all()), "on another process")
-    raise NonFiniteError(f"weights are not finite after step {step} ({name}). {where}{ADVICE}")
+    raise NonFiniteError(f"weights are not finite after step {step} ({name}). {ADVICE}")
 
 
 def _finite(value: float) -> bool:

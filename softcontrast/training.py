@@ -19,7 +19,7 @@ from softcontrast.checkpoints import CheckpointStore, find_resume, prepare_outpu
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
 from softcontrast.evaluation import knn_accuracy
-from softcontrast.finite import FiniteGuard, check_finite_weights, loss_parts
+from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights, loss_parts
 from softcontrast.methods.base import ContrastiveMethod
 
 METRICS_FILE = "metrics.jsonl"
@@ -225,12 +225,14 @@ class Trainer:
 
     def _check_finite(self, guard: FiniteGuard, weights: bool = False) -> None:
         """Raises if a loss part (or, with ``weights``, a weight) went non-finite; every save checks first."""
-        kept = self.checkpoints.complete()
-        where = (f"No checkpoint was written after it; the newest is {kept[-1].describe()}. " if kept
-                 else "No checkpoint was written. ")
-        guard.check(self.accelerator, where)
-        if weights:
-            check_finite_weights(self.method, self.accelerator, self.progress.global_step, where)
+        try:
+            guard.check(self.accelerator)
+            if weights:
+                check_finite_weights(self.method, self.accelerator, self.progress.global_step)
+        except NonFiniteError as error:
+            kept = self.checkpoints.complete()
+            where = f"the newest is {kept[-1].describe()}" if kept else "there is none"
+            raise NonFiniteError(f"{error} No checkpoint was written after it; {where}.") from None
 
     def _save(self, guard: FiniteGuard) -> Path:
         """Saves a checkpoint after checking loss and weights (a checkpoint never holds NaN)."""

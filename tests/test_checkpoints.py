@@ -264,6 +264,20 @@ def test_the_guard_names_the_first_bad_step_without_reading_the_device_before(tm
         check_finite_weights(model, accelerator, 3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation is observable on CUDA only")
+def test_observing_a_step_does_not_synchronise_with_the_host():
+    guard = FiniteGuard("cuda", steps_per_epoch=10)
+    parts = {"loss": torch.tensor(1.0, device="cuda"), "loss_mm": torch.tensor(float("nan"), device="cuda")}
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            guard.observe(step, parts)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(NonFiniteError, match="step 1 "):
+        guard.check(make_accelerator(cpu=False))
+
+
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 0, "knn_accuracy": 0.1}\n{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"st')
