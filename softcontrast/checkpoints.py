@@ -6,8 +6,9 @@ settings. It is written into a hidden folder ``checkpoints/.partial-step_NNNNNNN
 beside its final place; the last file written is ``checkpoint.json``, and only then
 is the folder renamed to ``checkpoints/step_NNNNNNNNN`` (one atomic rename). A run
 killed at any moment therefore leaves every ``step_*`` folder either complete or
-absent; a folder without ``checkpoint.json`` (left by older versions that wrote in
-place, or by hand) is skipped.
+absent; a folder without ``checkpoint.json`` is skipped. (Earlier versions wrote
+``checkpoints/epoch_NNNN`` in place, ``run_config.json`` last: such a folder counts
+as complete when that file exists, and is older than any new save.)
 
 ``checkpoint.json`` records the epoch and global step the state belongs to, and a
 save serial: ``latest`` is the most recently saved complete checkpoint, so a run
@@ -41,6 +42,9 @@ RESUMABLE_KEYS = frozenset({
 })
 
 _NAME = re.compile(r"^step_(\d+)$")
+#: Epoch-end checkpoints of earlier versions, written in place: complete once ``run_config.json`` exists.
+_LEGACY_NAME = re.compile(r"^epoch_(\d+)$")
+_PROGRESS_FILE = "custom_checkpoint_0.pkl"
 
 
 class CheckpointMismatchError(ValueError):
@@ -84,12 +88,16 @@ def checkpoint_name(global_step: int) -> str:
 def read_checkpoint(path: str | Path) -> Checkpoint | None:
     """The checkpoint in folder ``path``, or ``None`` if the folder is not a complete one."""
     path = Path(path)
-    try:
-        marker = json.loads((path / MARKER).read_text())
-        checkpoint = Checkpoint(path, int(marker["epoch"]), int(marker["global_step"]), int(marker["serial"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    if not (path / RUN_CONFIG).is_file():
         return None
-    return checkpoint if (path / RUN_CONFIG).is_file() else None
+    try:
+        if _LEGACY_NAME.match(path.name) and not (path / MARKER).exists():
+            progress = torch.load(path / _PROGRESS_FILE, weights_only=True)
+            return Checkpoint(path, int(progress["epoch"]), int(progress["global_step"]), 0)
+        marker = json.loads((path / MARKER).read_text())
+        return Checkpoint(path, int(marker["epoch"]), int(marker["global_step"]), int(marker["serial"]))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
 
 
 def list_checkpoints(directory: str | Path) -> list[Checkpoint]:
@@ -97,7 +105,8 @@ def list_checkpoints(directory: str | Path) -> list[Checkpoint]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [read_checkpoint(entry) for entry in directory.iterdir() if _NAME.match(entry.name) and entry.is_dir()]
+    found = [read_checkpoint(entry) for entry in directory.iterdir()
+             if (_NAME.match(entry.name) or _LEGACY_NAME.match(entry.name)) and entry.is_dir()]
     return sorted((c for c in found if c is not None), key=lambda c: (c.serial, c.global_step))
 
 
@@ -153,7 +162,8 @@ def find_resume(output_dir: str | Path, resume: str | None) -> Checkpoint | None
 def check_compatible(checkpoint: Checkpoint, run_config: dict[str, Any]) -> None:
     """Refuses a checkpoint whose saved settings differ from ``run_config``.
 
-    Settings in :data:`RESUMABLE_KEYS` may differ.
+    Settings in :data:`RESUMABLE_KEYS` may differ, and settings the checkpoint does
+    not record (added by a later version) are not compared.
 
     Raises:
         CheckpointMismatchError: names each differing setting.
@@ -162,7 +172,7 @@ def check_compatible(checkpoint: Checkpoint, run_config: dict[str, Any]) -> None
     different = {
         key: (saved.get(key), value)
         for key, value in json.loads(json.dumps(run_config, default=str)).items()
-        if key not in RESUMABLE_KEYS and saved.get(key) != value
+        if key not in RESUMABLE_KEYS and key in saved and saved[key] != value
     }
     if different:
         described = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in sorted(different.items()))

@@ -180,7 +180,7 @@ def test_latest_takes_only_complete_checkpoints_and_the_newest_save(tmp_path):
     write_checkpoint(directory / "step_000000004", 4, serial=1)
     write_checkpoint(directory / "step_000000008", 8, serial=2)
     write_checkpoint(directory / "step_000000012", 12, serial=3, marker=False)  # an interrupted in-place write
-    write_checkpoint(directory / "epoch_0004", 24, serial=9, marker=False)  # the old in-place layout
+    write_checkpoint(directory / "epoch_0004", 24, serial=9, marker=False)  # old in-place layout, no progress
     write_checkpoint(directory / (PARTIAL_PREFIX + "step_000000016"), 16, serial=4)
     assert find_resume(tmp_path, "latest").global_step == 8
     assert find_resume(tmp_path, "auto").global_step == 8
@@ -213,6 +213,22 @@ def test_mid_epoch_checkpoints_resume_exactly_and_only_the_newest_are_kept(tmp_p
                   keep_checkpoints=2, resume="latest")
     assert resumed.losses == straight.losses[8:]
     assert steps_of(tmp_path / "resumed") == [8, 12]
+
+
+def test_checkpoints_of_the_old_in_place_layout_resume_and_partial_ones_are_skipped(tmp_path, capsys):
+    straight = fit(tiny_sce(), tmp_path / "straight", epochs=2)
+    saved = tmp_path / "straight" / "checkpoints"
+    old = tmp_path / "old" / "checkpoints"
+    shutil.copytree(saved / "step_000000006", old / "epoch_0001", ignore=shutil.ignore_patterns(MARKER))
+    shutil.copytree(saved / "step_000000012", old / "epoch_0002", ignore=shutil.ignore_patterns(MARKER, RUN_CONFIG))
+    settings = json.loads((old / "epoch_0001" / RUN_CONFIG).read_text())
+    del settings["num_processes"], settings["checkpoint_every_steps"], settings["keep_checkpoints"]  # not yet known
+    (old / "epoch_0001" / RUN_CONFIG).write_text(json.dumps(settings))
+    resumed = fit(tiny_sce(), tmp_path / "old", epochs=2, resume="latest")
+    assert resumed.losses == straight.losses[6:]
+    err = capsys.readouterr().err
+    assert "skipping incomplete checkpoint folder" in err and "epoch_0002" in err
+    assert "resuming from" in err and "epoch_0001 (epoch 1, step 6)" in err
 
 
 class PoisonedSCE(SCE):
@@ -324,7 +340,7 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
                                                                 str(tmp_path / "file" / "run"))
     settings = {**vars(moco_parser().parse_args(TINY)), "lr": 0.5}
     write_checkpoint(tmp_path / "out" / "checkpoints" / "step_000000002", 2, 1, settings)
-    assert "other settings (" in user_error(tmp_path, capsys, "--resume", "latest")
+    assert "other settings (lr: checkpoint 0.5, this run 0.3)" in user_error(tmp_path, capsys, "--resume", "latest")
 
 
 def test_programming_errors_keep_their_traceback(tmp_path):
