@@ -76,8 +76,8 @@ class Checkpoint:
     serial: int
 
     def describe(self) -> str:
-        """``<path> (epoch E, step S)``."""
-        return f"{self.path} (epoch {self.epoch}, step {self.global_step})"
+        """``<path> (step S; epochs done: E)``."""
+        return f"{self.path} (step {self.global_step}; epochs done: {self.epoch})"
 
 
 def checkpoint_name(global_step: int) -> str:

@@ -112,7 +112,7 @@ def test_killed_mid_epoch_resumes_with_the_same_losses(tmp_path, uninterrupted):
     kill_when_paused(process, control)
     assert steps_of(output_dir) == [4, 6, 8] and not (output_dir / "backbone.pt").exists()
     resumed = run_to_end([sys.executable, str(MOCO), *FLAGS, "--output-dir", str(output_dir), "--resume", "latest"])
-    assert "resuming from" in resumed.stderr and "step_000000008 (epoch 1, step 8)" in resumed.stderr
+    assert "resuming from" in resumed.stderr and "step_000000008 (step 8; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(output_dir), uninterrupted)
     assert (output_dir / "backbone.pt").is_file()
 
@@ -125,7 +125,7 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
     assert (partial / MARKER).is_file() and (partial / "model.safetensors").is_file()
     assert steps_of(output_dir) == [4, 6, 8]
     resumed = run_to_end([sys.executable, str(MOCO), *FLAGS, "--output-dir", str(output_dir), "--resume", "latest"])
-    assert "step_000000008 (epoch 1, step 8)" in resumed.stderr
+    assert "step_000000008 (step 8; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(output_dir), uninterrupted)
     assert steps_of(output_dir) == [6, 8, 12] and not partial.exists()
 
@@ -146,7 +146,7 @@ def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path)
     kill_when_paused(process, control, processes=2)
     assert steps_of(killed) == [3, 4, 6]
     resumed = run_to_end(torchrun(tmp_path / "c2", "none", killed, 29533, "--resume", "latest"))
-    assert "step_000000006 (epoch 1, step 6)" in resumed.stderr
+    assert "step_000000006 (step 6; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(killed), logged_losses(straight))
     assert len(logged_losses(straight)) == 8
 
@@ -228,7 +228,7 @@ def test_checkpoints_of_the_old_in_place_layout_resume_and_partial_ones_are_skip
     assert resumed.losses == straight.losses[6:]
     err = capsys.readouterr().err
     assert "skipping incomplete checkpoint folder" in err and "epoch_0002" in err
-    assert "resuming from" in err and "epoch_0001 (epoch 1, step 6)" in err
+    assert "resuming from" in err and "epoch_0001 (step 6; epochs done: 1)" in err
 
 
 class PoisonedSCE(SCE):
