@@ -295,7 +295,7 @@ class CheckpointStore:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         kept = f"the previous checkpoint {previous[-1].path} is intact" if previous else "no earlier checkpoint exists"
-        cause = f"{error.strerror or error}" if isinstance(error, OSError) else f"{error or 'failed on another process'}"
+        cause = (error.strerror or error) if isinstance(error, OSError) else (error or "failed on another process")
         raise OutputWriteError(
             f"could not write checkpoint {final} ({cause}); {kept}. "
             "Free disk space or choose another --output-dir"

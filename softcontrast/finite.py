@@ -24,9 +24,8 @@ ADVICE = "Lower the learning rate, train in fp32 (--precision no), or check the 
 
 def loss_parts(loss: Tensor, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
     """The loss and every metric named ``loss*`` (the parts a method reports)."""
-    parts = {"loss": loss.detach()}
-    parts.update({name: value.detach() for name, value in metrics.items() if name.startswith("loss") and name != "loss"})
-    return parts
+    parts = {name: value.detach() for name, value in metrics.items() if name.startswith("loss")}
+    return {"loss": loss.detach(), **{name: value for name, value in parts.items() if name != "loss"}}
 
 
 class FiniteGuard:

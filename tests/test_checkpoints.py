@@ -66,8 +66,10 @@ def assert_same_losses(run: dict[int, float], reference: dict[int, float]) -> No
 
 
 def launch(command: list[str], control: Path) -> subprocess.Popen:
+    """Starts ``command`` with its output in ``control/output.txt`` (a pipe nobody reads could fill and block it)."""
     control.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output = open(control / "output.txt", "w")
+    return subprocess.Popen(command, env=ENV, stdout=output, stderr=subprocess.STDOUT)
 
 
 def kill_when_paused(process: subprocess.Popen, control: Path, processes: int = 1, timeout: float = 400) -> None:
@@ -75,7 +77,8 @@ def kill_when_paused(process: subprocess.Popen, control: Path, processes: int = 
     deadline = time.monotonic() + timeout
     while not (control / "paused").exists():
         if process.poll() is not None:
-            raise AssertionError(f"the run ended before the hook paused it:\n{process.stderr.read()[-3000:]}")
+            output = (control / "output.txt").read_text()
+            raise AssertionError(f"the run ended before the hook paused it:\n{output[-3000:]}")
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError("the hook never paused the run")
@@ -84,7 +87,7 @@ def kill_when_paused(process: subprocess.Popen, control: Path, processes: int = 
     for rank in range(processes):
         os.kill(int((control / f"pid_{rank}").read_text()), signal.SIGKILL)
     process.kill()
-    process.communicate(timeout=60)
+    process.wait(timeout=60)
 
 
 def run_to_end(command: list[str]) -> subprocess.CompletedProcess:
