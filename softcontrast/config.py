@@ -112,7 +112,7 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         kind = action.type or str
         if isinstance(value, bool):
             hint = " (YAML reads yes/no/on/off as booleans: quote the value)" if kind is str else ""
-            self.error(f"{where} must be a {getattr(kind, '__name__', 'value')}, got {value!r}{hint}")
+            self.error(f"{where} must be {getattr(kind, '__name__', 'a value')}, got {value!r}{hint}")
         if kind is float and isinstance(value, (int, float)):
             converted: Any = float(value)
         elif kind is int and isinstance(value, int):
@@ -121,9 +121,9 @@ class ConfigArgumentParser(argparse.ArgumentParser):
             try:
                 converted = kind(value)
             except (TypeError, ValueError):
-                self.error(f"{where} must be a {getattr(kind, '__name__', 'value')}, got {value!r}")
+                self.error(f"{where} must be {getattr(kind, '__name__', 'a value')}, got {value!r}")
         else:
-            self.error(f"{where} must be a {getattr(kind, '__name__', 'value')}, got {value!r}")
+            self.error(f"{where} must be {getattr(kind, '__name__', 'a value')}, got {value!r}")
         if action.choices is not None and converted not in action.choices:
             choices = ", ".join(map(str, action.choices))
             self.error(f"{where} must be one of {choices}, got {converted!r}")
