@@ -94,13 +94,15 @@ def test_every_recipe_parses_and_builds_its_method(recipe, monkeypatch):
     args.num_train_samples = 50_000
     backbone = resnet(args.backbone, cifar_stem=not args.no_cifar_stem, width=args.width)
     method = captured["factory"](backbone, args)
-    assert method.queue.capacity == args.queue_size
-    assert method.query_size == args.view_size
-    assert method.momentum == args.momentum
+    assert sum(p.numel() for p in method.online.backbone.parameters()) == sum(p.numel() for p in backbone.parameters())
     assert (method.shuffle_bn is not None) == args.shuffle_bn
     if args.shuffle_bn:
         assert method.shuffle_bn.groups == args.split_bn_groups
-    assert method.temperature == getattr(args, "tau", getattr(args, "temperature", None))
+    built = {"queue-size": lambda: method.queue.capacity, "view-size": lambda: method.query_size,
+             "momentum": lambda: method.momentum, "tau": lambda: method.temperature,
+             "temperature": lambda: method.temperature}
+    for key in set(built) & set(yaml.safe_load(recipe.read_text())):
+        assert built[key]() == getattr(args, key.replace("-", "_")), key
 
 
 def test_a_run_saves_the_settings_it_resolved_from_file_and_flags(tmp_path):
