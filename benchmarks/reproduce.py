@@ -10,8 +10,8 @@ probe's training set) against the test split:
 * the same three for raw pixels and for the random-init network of each seed
   (the network every run starts from), under the same protocol;
 * from each run's ``metrics.jsonl``: the share of the soft target's mass on
-  same-class columns and the precision of the cancelled false negatives (means over
-  the last quarter of training).
+  same-class columns and, for FNC (methods named ``fnc…``), the precision of the
+  detected false negatives (means over the last quarter of training).
 
 Writes the JSON (every run, then mean ± std per method), a Markdown table next to it
 (``<out>.md``, shown on the docs' Benchmarks page) and a bar chart with error bars
@@ -30,6 +30,7 @@ import platform
 import shlex
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ COLUMNS = {
     "knn_k50_t0.05": "kNN k 50, T 0.05",
     "linear_probe": "linear probe",
     "same_class_target_mass": "same-class target mass",
-    "cancelled_precision": "FN precision",
+    "cancelled_precision": "FN precision (FNC)",
     "train_seconds": "train s / run",
 }
 
@@ -116,7 +117,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         chosen = [run for run in runs if run["method"] == name]
-        metrics = {key: mean_std([run[key] for run in chosen]) for key in COLUMNS if key in chosen[0]}
+        metrics = {key: mean_std([run[key] for run in chosen]) for key in COLUMNS if key in chosen[0]
+                   and (key != "cancelled_precision" or name.startswith("fnc"))}
         rows.append({"method": name, "seeds": [run["seed"] for run in chosen], **metrics})
     reference = rows[0]
     for row in rows[1:]:
@@ -153,7 +155,7 @@ def bar_chart(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(summary), 4))
+    figure, axes = plt.subplots(figsize=(3.5 + 1.3 * len(summary), 4.5))
     width = 0.8 / len(ACCURACIES)
     positions = np.arange(len(summary))
     for index, key in enumerate(ACCURACIES):
@@ -162,8 +164,8 @@ def bar_chart(summary: list[dict[str, Any]], path: Path, title: str) -> None:
         axes.bar(positions + (index - 1) * width, means, width, yerr=stds, capsize=3, label=COLUMNS[key])
     axes.set_xticks(positions, [row["method"] for row in summary], rotation=20, ha="right")
     axes.set_ylabel("test accuracy (%), mean ± std over seeds")
-    axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     lowest = min(100 * (row[key]["mean"] - row[key]["std"]) for row in summary for key in ACCURACIES)
     axes.set_ylim(max(0.0, math.floor(lowest / 10) * 10 - 10), 100)
     figure.tight_layout()
