@@ -61,3 +61,10 @@ def test_the_docs_show_a_results_file_with_its_own_table_and_chart(tmp_path):
     assert "| speed | 2.5 |" in markdown
     assert "| moco | 50.00 ± 1.00 |" in markdown and "| a |" not in markdown
     assert "![table](benchmark-results/table.png)" in markdown and "plain.png" not in markdown
+
+
+def test_false_negative_precision_is_reported_for_fnc_only():
+    base = {"knn_k200_t0.1": 0.5, "knn_k50_t0.05": 0.5, "linear_probe": 0.5, "cancelled_precision": 0.3}
+    summary = reproduce.summarize([{**base, "method": "sce", "seed": 0}, {**base, "method": "fnc-attract", "seed": 0}])
+    assert "cancelled_precision" not in summary[0] and summary[1]["cancelled_precision"]["mean"] == 0.3
+    assert reproduce.markdown_table(summary).splitlines()[2] == "| sce | 1 | 50.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | – |"
