@@ -7,6 +7,9 @@ flag's choices stops the parser with a message that names the key and what it
 accepts. The parsed namespace holds the resolved values, so a run's saved settings
 show what it ran with, whichever way each value was given.
 
+An on/off flag (``shuffle-bn: true``) set in a file cannot be switched off on the
+command line, since the flag has no ``--no-`` form: edit a copy of the file instead.
+
 Example (``examples/recipes/sce_cifar10.yaml`` with a shorter run)::
 
     python examples/sce.py --config examples/recipes/sce_cifar10.yaml --epochs 100
