@@ -68,20 +68,31 @@ def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: 
     if args.train_subset:
         command += ["--train-subset", str(args.train_subset)]
     command += args.extra.get(method, [])
+    summary = run_example(command, method)
+    summary["method"] = method
+    summary["dataset"] = args.dataset_label
+    summary["label_diagnostics_by_quarter"] = diagnostics_by_quarter(output_dir / "metrics.jsonl")
+    placeholders = {dataset: args.dataset_label, str(output_dir): f"<scratch>/{method}"}
+    summary["command"] = shown_command(command, placeholders)
+    return summary
+
+
+def run_example(command: list[str], label: str) -> dict:
+    """Runs an example's command line; returns its JSON summary line with ``process_seconds``."""
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"{label} failed:\n{completed.stderr[-4000:]}")
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
-    summary["method"] = method
-    summary["dataset"] = args.dataset_label
     summary["process_seconds"] = round(elapsed, 1)
-    summary["label_diagnostics_by_quarter"] = diagnostics_by_quarter(output_dir / "metrics.jsonl")
-    placeholders = {dataset: args.dataset_label, str(output_dir): f"<scratch>/{method}"}
-    shown = [placeholders.get(part, part) for part in command[2:]]
-    summary["command"] = " ".join(["python", f"examples/{script}.py", *shown])
     return summary
+
+
+def shown_command(command: list[str], placeholders: dict[str, str]) -> str:
+    """The command as recorded: ``python examples/<x>.py ...`` with machine paths replaced."""
+    shown = [placeholders.get(part, part) for part in command[2:]]
+    return " ".join(["python", f"examples/{Path(command[1]).name}", *shown])
 
 
 def main() -> None:

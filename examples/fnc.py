@@ -1,6 +1,6 @@
 """Train FNC, False Negative Cancellation. Run: accelerate launch examples/fnc.py [flags]."""
 
-from softcontrast.cli import build_parser, main, views_of
+from softcontrast.cli import build_parser, main, shuffle_bn_of, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.components.neighbors import BACKENDS
@@ -26,6 +26,7 @@ def make_method(backbone, args):
         final_momentum=args.final_momentum,
         symmetric=args.symmetric,
         channels_last=args.channels_last,
+        shuffle_bn=shuffle_bn_of(args),
     )
 
 

@@ -1,6 +1,6 @@
 """Train MoCo v2 (the baseline). Run: accelerate launch examples/moco.py [flags]."""
 
-from softcontrast.cli import build_parser, main, views_of
+from softcontrast.cli import build_parser, main, shuffle_bn_of, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import MoCoV2
@@ -18,6 +18,7 @@ def make_method(backbone, args):
         final_momentum=args.final_momentum,
         symmetric=args.symmetric,
         channels_last=args.channels_last,
+        shuffle_bn=shuffle_bn_of(args),
     )
 
 

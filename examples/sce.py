@@ -1,6 +1,6 @@
 """Train SCE, Similarity Contrastive Estimation. Run: accelerate launch examples/sce.py [flags]."""
 
-from softcontrast.cli import build_parser, main, views_of
+from softcontrast.cli import build_parser, main, shuffle_bn_of, views_of
 from softcontrast.components.augment import sce_strong, sce_weak
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import SCE
@@ -22,6 +22,7 @@ def make_method(backbone, args):
         in_batch_keys=args.in_batch_keys,
         symmetric=args.symmetric,
         channels_last=args.channels_last,
+        shuffle_bn=shuffle_bn_of(args),
     )
 
 

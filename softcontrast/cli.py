@@ -1,4 +1,7 @@
-"""Command-line flags and the run shared by the example scripts."""
+"""Command-line flags and the run shared by the example scripts.
+
+Every example accepts ``--config FILE.yaml`` (see :mod:`softcontrast.config`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from accelerate.utils import set_seed
 from softcontrast.checkpoints import NoCheckpointError, OutputWriteError
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
+from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.config import ConfigArgumentParser
 from softcontrast.data import load_source
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
@@ -27,13 +32,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
+def build_parser(description: str, **defaults: Any) -> ConfigArgumentParser:
     """The flags every example accepts; ``defaults`` overrides their defaults.
+
+    ``--config FILE.yaml`` sets any flag from a file (the example's own flags too);
+    the command line overrides the file.
 
     The built-in defaults fit the embedded ``digits`` data on two CPU cores in a
     few minutes (narrow ResNet-18, 16×16 views).
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = ConfigArgumentParser(description=description)
     add = parser.add_argument
     add("--dataset", default="digits", help="digits | imagefolder:<path> | npz:<path> | hf:<id>")
     add("--train-subset", type=int, default=None, help="train on this many random training images")
@@ -63,6 +71,10 @@ def build_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     add("--cpu", action="store_true", help="train on the CPU even if a GPU is visible")
     add("--channels-last", action="store_true")
     add("--compile", action="store_true", help="torch.compile the encoders")
+    add("--shuffle-bn", action="store_true",
+        help="shuffle-BN for the momentum encoder: across processes, or split-BN on one process")
+    add("--split-bn-groups", type=int, default=8,
+        help="batch-norm groups of the global batch under --shuffle-bn (a multiple of the process count)")
     add("--seed", type=int, default=0)
     add("--output-dir", default=None, help="default: runs/<method>")
     add("--checkpoint-every", type=int, default=5, help="epochs between checkpoints")
@@ -94,6 +106,8 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
     backbone = resnet(args.backbone, cifar_stem=not args.no_cifar_stem, width=args.width)
     args.num_train_samples = len(splits.train)
     method = factory(backbone, args)
+    if args.shuffle_bn and method.shuffle_bn is None:
+        raise ValueError(f"--shuffle-bn is set but the {method_name} example does not pass it to its method")
     config_names = {f.name for f in fields(TrainConfig)}
     values = {**vars(args), "output_dir": output_dir, "knn_k": args.knn_k,
               "mixed_precision": args.precision}
@@ -134,6 +148,11 @@ def main(method_name: str, factory: MethodFactory, parser: argparse.ArgumentPars
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def shuffle_bn_of(args: argparse.Namespace) -> ShuffleBatchNorm | None:
+    """The momentum encoder's shuffle-BN chosen by ``--shuffle-bn`` and ``--split-bn-groups``."""
+    return ShuffleBatchNorm(args.split_bn_groups) if args.shuffle_bn else None
 
 
 def views_of(args: argparse.Namespace, *recipes: ViewRecipe) -> list[ViewRecipe]:

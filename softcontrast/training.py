@@ -281,7 +281,8 @@ class Trainer:
         warmup_steps = int(config.warmup_epochs * steps_per_epoch)
         method = self.method
         if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            # Under shuffle-BN the key encoder's groups keep their own statistics.
+            nn.SyncBatchNorm.convert_sync_batchnorm(method.online if method.shuffle_bn is not None else method)
         if method.channels_last:
             method = method.to(memory_format=torch.channels_last)
         if config.compile:

@@ -4,7 +4,10 @@
 the first line of each one's module docstring and its ``Run:`` command.
 ``<!-- benchmark-results -->`` becomes one section per ``benchmarks/results/*.json``
 file, with its scalar fields as a two-column table and each list of records as a
-table of its own; with no results, a note that says how to produce them.
+table of its own; with no results, a note that says how to produce them. A results
+file may bring its own presentation: ``<stem>.md`` next to it replaces the generic
+tables, and ``<stem>.png`` is shown below them (the hook adds it to the site under
+``benchmark-results/``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 MARKER = "<!-- benchmark-results -->"
 SCRIPTS_MARKER = "<!-- benchmark-scripts -->"
 PAGE = "benchmarks.md"
+IMAGES = "benchmark-results"
 
 NO_RESULTS = (
     "!!! note \"No results yet\"\n"
@@ -81,10 +85,14 @@ def results_markdown(results_dir: Path) -> str:
         return NO_RESULTS
     sections = []
     for path in files:
+        table = path.with_suffix(".md")
         try:
-            body = render(json.loads(path.read_text(encoding="utf-8")))
+            body = table.read_text(encoding="utf-8") if table.is_file() else render(
+                json.loads(path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as error:
             body = f"!!! warning \"Unreadable\"\n    `{path.name}` is not valid JSON ({error.msg})."
+        if path.with_suffix(".png").is_file():
+            body += f"\n\n![{path.stem}]({IMAGES}/{path.stem}.png)"
         sections.append(f"### {path.stem}\n\nFrom `benchmarks/results/{path.name}`.\n\n{body}\n")
     return "\n".join(sections)
 
@@ -133,3 +141,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ANN001
     benchmarks = Path(config["config_file_path"]).parent / "benchmarks"
     markdown = markdown.replace(SCRIPTS_MARKER, scripts_markdown(benchmarks))
     return markdown.replace(MARKER, results_markdown(benchmarks / "results"))
+
+
+def on_files(files, config):  # noqa: ANN001, ANN201 (MkDocs hook signature)
+    """Adds the charts ``benchmarks/results/<stem>.png`` of the results files to the site."""
+    from mkdocs.structure.files import File
+
+    results = Path(config["config_file_path"]).parent / "benchmarks" / "results"
+    for chart in sorted(results.glob("*.png")) if results.is_dir() else []:
+        if chart.with_suffix(".json").is_file():
+            files.append(File.generated(config, f"{IMAGES}/{chart.name}", abs_src_path=str(chart)))
+    return files

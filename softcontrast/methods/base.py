@@ -13,6 +13,7 @@ from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
 from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.components.targets.base import TargetBuilder, Targets
 from softcontrast.evaluation import label_diagnostics
 
@@ -69,6 +70,9 @@ class ContrastiveMethod(nn.Module):
             target builder as ``support`` (the key view counts as one; 0 = none).
         support_view: recipe of the extra support views (defaults to ``query_view``).
         channels_last: feed views in channels-last memory format.
+        shuffle_bn: encode keys with shuffle-BN / split-BN
+            (:class:`~softcontrast.components.shuffle_bn.ShuffleBatchNorm`); ``None``
+            encodes each batch of key views in one pass.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class ContrastiveMethod(nn.Module):
         support_views: int = 0,
         support_view: ViewRecipe | None = None,
         channels_last: bool = False,
+        shuffle_bn: ShuffleBatchNorm | None = None,
     ):
         super().__init__()
         if not temperature > 0:
@@ -113,6 +118,7 @@ class ContrastiveMethod(nn.Module):
         self.symmetric = symmetric
         self.support_views = support_views
         self.channels_last = channels_last
+        self.shuffle_bn = shuffle_bn
         self._pending: list[tuple[Tensor, Tensor]] = []
         self.diagnostic_labels: Tensor | None = None
 
@@ -138,6 +144,8 @@ class ContrastiveMethod(nn.Module):
 
     def embed_keys(self, views: Tensor) -> Tensor:
         """Momentum embeddings (no gradient) of ``views``."""
+        if self.shuffle_bn is not None:
+            return self.shuffle_bn(self.target_encoder, self._prepare(views))
         return self.target_encoder(self._prepare(views))
 
     def support_embeddings(self, images: Tensor, keys: Tensor) -> Tensor | None:
