@@ -183,12 +183,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--common-args", default="", help="flags for every run, e.g. '--epochs 1'")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_cpu.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="write one report from the runs of earlier reports (tables run in parallel)")
     args = parser.parse_args()
+    if args.merge:
+        merge_reports(args.merge, args.out)
+        return
     methods = [parse_method(spec) for spec in args.methods or DEFAULT_METHODS]
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        dataset, label = args.dataset, args.dataset
+        dataset, label = args.dataset, shown_source(args.dataset)
         if dataset is None:
             if args.data_zip is None:
                 parser.error("give --dataset or --data-zip")
@@ -228,6 +233,30 @@ def main() -> None:
                       f"{100 * run['knn_k50_t0.05']:.2f}%, probe {100 * run['linear_probe']:.2f}%, "
                       f"train {run['train_seconds']:.0f}s", flush=True)
                 write_report(args, label, methods, runs)
+
+
+def shown_source(source: str | None) -> str | None:
+    """A source string as recorded: a local file or folder by its name only."""
+    if source is None or ":" not in source:
+        return source
+    kind, _, where = source.partition(":")
+    return f"{kind}:<{Path(where).name}>" if kind in ("npz", "imagefolder") else source
+
+
+def merge_reports(paths: list[Path], out: Path) -> None:
+    """One report from several: their runs (baselines once per seed) and the union of their methods."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    runs, seen = [], set()
+    for report in reports:
+        for run in report["runs"]:
+            if (run["method"], run["seed"]) not in seen:
+                seen.add((run["method"], run["seed"]))
+                runs.append(run)
+    settings = reports[0]["settings"]
+    methods = [m for report in reports for m in report["settings"]["methods"]]
+    seeds = sorted({seed for report in reports for seed in report["settings"]["seeds"]})
+    args = argparse.Namespace(out=out, seeds=seeds, common_args=settings["common_args"])
+    write_report(args, settings["dataset"], methods, runs)
 
 
 def cache_as_npz(source: str, path: Path) -> str:
@@ -271,7 +300,8 @@ def write_report(args: argparse.Namespace, dataset_label: str, methods: list[dic
         "machine": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if torch.cuda.is_available() else None, "platform": platform.platform(terse=True)},
         "settings": {"dataset": dataset_label, "seeds": args.seeds, "common_args": args.common_args,
-                     "methods": [{"name": m["name"], "recipe": display(m["recipe"]), "flags": " ".join(m["flags"])}
+                     "methods": [m if "script" not in m else
+                                 {"name": m["name"], "recipe": display(m["recipe"]), "flags": " ".join(m["flags"])}
                                  for m in methods],
                      "evaluation": "frozen backbone features of the run's training images vs the test split; "
                                    "kNN k 200 T 0.1 and k 50 T 0.05; linear probe (100 epochs, SGD, cosine)",
