@@ -236,7 +236,7 @@ def cases(draw, builder=None, fill: str | None = None, in_batch: bool | None = N
     """Any builder (or those of ``builder``) on any step, composed with any mixer.
 
     Mixing needs every row's target on the same columns, so a case with a mixer
-    uses the ``[batch keys | Q]`` layout (as SANE's ``L_MM`` does).
+    uses the ``[batch keys | Q]`` layout (as SANE's mixup term does).
     """
     mixer = draw(mixers())
     step = draw(steps(in_batch=True if mixer is not None else in_batch, fill=fill))
