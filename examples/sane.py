@@ -4,7 +4,6 @@ from softcontrast.cli import build_parser, main, shuffle_bn_of, views_of
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import projector_for
 from softcontrast.methods import SANE
-from softcontrast.methods.sane import strong_mixup_view
 
 
 def make_method(backbone, args):
@@ -20,7 +19,6 @@ def make_method(backbone, args):
         mixup_kappa=args.mixup_kappa,
         per_sample_theta=args.per_sample_theta,
         mixup_view=args.mixup_view,
-        strong_view=strong_mixup_view(query_view),
         use_p=not args.no_p,
         use_q=not args.no_q,
         mixup=not args.no_mixup,

@@ -195,7 +195,8 @@ def degenerate_builders(temperature=temperatures):
 def mixers():
     """``None`` (no mixing), :class:`MomentumMixup` or :class:`InputMixup`, per sample
     or per batch, for one process (``across_processes=False``)."""
-    mixup = dict(kappa=st.floats(0.05, 10.0), per_sample=st.booleans(), across_processes=st.just(False))
+    mixup = dict(kappa=st.floats(0.05, 10.0), per_sample=st.booleans(),
+                 across_processes=st.just(False))
     choices = {"none": st.none(), "momentum": st.builds(MomentumMixup, **mixup), "input": st.builds(InputMixup, **mixup)}
     # Half of the cases unmixed, so the ``[k_i | Q]`` layout is drawn as often.
     return st.sampled_from(("none", "momentum", "none", "input")).flatmap(choices.__getitem__)

@@ -45,8 +45,8 @@ class SANE(ContrastiveMethod):
     over ``[gathered batch keys | Q]``.
 
     Open details made parameters: ``θ`` per batch (default, the paper's text) or
-    per sample (``per_sample_theta``). The DESIGN's reading of the paper's CIFAR-10
-    settings are the defaults, except the views: both follow the MoCo v2 recipe.
+    per sample (``per_sample_theta``), and the strong recipe. The defaults are the
+    paper's CIFAR-10 settings; both views follow the MoCo v2 CIFAR recipe by default.
 
     Args:
         backbone: feature extractor.
@@ -60,9 +60,8 @@ class SANE(ContrastiveMethod):
         per_sample_theta: one ``θ_i`` per sample instead of one per batch.
         mixup_view: ``"weak"`` mixes with the partner's key view, ``"strong"`` with a
             strongly augmented view of the partner.
-        strong_view: recipe of the strong view (default: the query view's recipe
-            with crops down to 8 % of the image, always-on colour jitter and
-            grayscale 0.2, blur 0.5 and solarize 0.2); used only with ``"strong"``.
+        strong_view: recipe of the strong view (default: :func:`strong_mixup_view`
+            of the query view); used only with ``"strong"``.
         use_p: keep ``p`` in the refined label.
         use_q: keep ``q`` in the refined label.
         mixup: mix the queries; ``False`` contrasts ``x`` itself against ``ȳ``.
@@ -107,6 +106,8 @@ class SANE(ContrastiveMethod):
     ):
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"SANE lam (--lam) must lie in [0, 1], got {lam}")
+        if not mixup_kappa > 0:
+            raise ValueError(f"SANE mixup_kappa (--mixup-kappa) must be > 0, got {mixup_kappa}")
         if mixup_view not in ("weak", "strong"):
             raise ValueError(f"SANE mixup_view (--mixup-view) must be 'weak' or 'strong', got {mixup_view!r}")
         query_view, key_view = query_view or moco_v2_cifar(), key_view or moco_v2_cifar()
@@ -147,7 +148,7 @@ class SANE(ContrastiveMethod):
         images = to_float(images)
         query_views, key_views = self.query_augment(images), self.key_augment(images)
         strong_views = self.strong_augment(images) if self.strong_augment is not None else None
-        mixing = self.mixer.sample(images.shape[0], images.device) if self.mixer is not None else None
+        mixing = self.mixer.sample(images.shape[0], images.device) if self.mixer is not None and self.lam > 0 else None
         return self.sane_step(query_views, key_views, ids, strong_views, mixing)
 
     def sane_step(
@@ -209,8 +210,8 @@ class SANE(ContrastiveMethod):
 def strong_mixup_view(view: ViewRecipe) -> ViewRecipe:
     """A stronger version of ``view`` for the strong mixup variant.
 
-    The paper does not print its strong recipe for CIFAR; this one is a parameter:
-    crops down to 8 % of the image, colour jitter always on, grayscale 0.2,
-    Gaussian blur 0.5 and solarize 0.2, at the size of ``view``.
+    This library's choice, not a recipe taken from the paper (pass ``strong_view`` to
+    use another): crops down to 8 % of the image, colour jitter always on,
+    grayscale 0.2, Gaussian blur 0.5 and solarize 0.2, at the size of ``view``.
     """
     return replace(view, crop_scale=(0.08, 1.0), jitter_p=1.0, gray_p=0.2, blur_p=0.5, solarize_p=0.2)

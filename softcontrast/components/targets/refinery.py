@@ -31,7 +31,9 @@ from softcontrast.components.columns import LogitColumns
 from softcontrast.components.targets.base import Targets
 
 
-def key_distributions(key_scores: Tensor, positive_one_hot: Tensor, mask: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def key_distributions(
+    key_scores: Tensor, positive_one_hot: Tensor, mask: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
     """The key's distributions ``p_i`` and ``q_i`` over the columns (eq. 4).
 
     Args:
