@@ -401,3 +401,25 @@ def test_a_cli_user_gets_one_line_naming_the_flag(tmp_path):
     assert "Traceback" not in completed.stderr
     lines = completed.stderr.strip().splitlines()
     assert "--tau-prime" in lines[-1] and "(0, 1]" in lines[-1]
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+RECIPES = EXAMPLE.parent / "recipes"
+SIZING = ("dataset", "train-subset", "view-size", "backbone", "width", "projector-hidden", "projector-out",
+          "epochs", "batch-size", "optimizer", "lr", "weight-decay", "warmup-epochs", "shuffle-bn",
+          "split-bn-groups", "knn-every", "knn-k", "momentum", "queue-size")
+PAPER = {"tau": 0.2, "tau-prime": 0.8, "mu-start": 0.0, "mu-end": 1.0, "mixup-kappa": 2.0, "lam": 0.5,
+         "queue-size": 4096, "momentum": 0.99}
+
+
+def test_the_recipes_hold_the_papers_settings_and_the_cpu_one_the_shared_cpu_budget():
+    import yaml
+
+    full = yaml.safe_load((RECIPES / "sane_cifar10.yaml").read_text())
+    cpu = yaml.safe_load((RECIPES / "sane_cifar10-cpu.yaml").read_text())
+    sce_cpu = yaml.safe_load((RECIPES / "sce_cifar10-cpu.yaml").read_text())
+    for recipe in (full, cpu):
+        assert {key: recipe[key] for key in PAPER} == PAPER
+    assert (full["batch-size"], full["lr"], full["weight-decay"], full["width"]) == (256, 0.03, 1e-4, 64)
+    assert {key: cpu.get(key) for key in SIZING} == {key: sce_cpu.get(key) for key in SIZING}
