@@ -149,7 +149,7 @@ def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -
     * ``same_class_negatives``: share of the unmasked non-positive columns (before the
       builder) that hold an image of the row's class — InfoNCE's false-negative rate.
     * ``same_class_target_mass``: share of the target mass off the positive that lands on
-      same-class columns (SCE, SLR, FNC-attract raise it; InfoNCE has none).
+      same-class columns (SCE, SANE, FNC-attract raise it; InfoNCE has none).
     * ``cancelled_precision``: share of same-class columns among those the builder
       masked or gave target mass to (for FNC: the precision of the detected false
       negatives; 0 when it cancelled none).

@@ -46,6 +46,14 @@ MAX_ID = 24
 temperatures = st.one_of(st.sampled_from(EXTREME_TEMPERATURES), st.floats(0.01, 10.0))
 unit_interval = st.one_of(st.sampled_from((0.0, 1.0)), st.floats(0.0, 1.0))
 cosines = st.one_of(st.sampled_from((-1.0, 0.0, 1.0)), st.floats(-1.0, 1.0))
+#: SANE's τ′ in (0, 1] and confidence µ in [0, 10] (the paper's ImageNet m2 is 10).
+tau_primes = st.one_of(st.just(1.0), st.floats(0.05, 1.0))
+confidences = st.one_of(st.sampled_from((0.0, 1.0, 10.0)), st.floats(0.0, 10.0))
+
+
+def refinery(tau: float, tau_prime: float, mu: float, use_p: bool = True, use_q: bool = True) -> SelfLabelingRefinery:
+    """SANE's label builder at a fixed confidence ``µ`` (``m1 = m2 = µ``)."""
+    return SelfLabelingRefinery(tau, tau_prime, mu_start=mu, mu_end=mu, use_p=use_p, use_q=use_q)
 
 
 @dataclass
@@ -145,20 +153,22 @@ def steps(draw, in_batch: bool | None = None, fill: str | None = None, max_batch
     return Step(torch.stack(queries), torch.stack(keys), ids, queue, support, in_batch, fill)
 
 
-KINDS = ("infonce", "sce", "slr", "fnc-eliminate", "fnc-attract")
+KINDS = ("infonce", "sce", "sane", "fnc-eliminate", "fnc-attract")
 
 
 def builders(kind: str | None = None, temperature=temperatures):
     """Any target builder with legal hyperparameters (or one ``kind`` of :data:`KINDS`).
 
-    SCE ``λ ∈ [0, 1]``, ``τm``; SLR ``α ∈ [0, 1]``, ``τs``, ``κ >= 1``; FNC
+    SCE ``λ ∈ [0, 1]``, ``τm``; SANE ``τ``, ``τ′ ∈ (0, 1]``, ``µ ∈ [0, 10]``, with or
+    without ``p`` and ``q``; FNC
     ``top_k >= 1``, ``threshold ∈ [-1, 1]``, aggregation ``max|mean``, strategy
     ``eliminate|attract`` (the number of support views is the step's).
     """
     kinds = {
         "infonce": st.just(InfoNCE()),
         "sce": st.builds(SimilarityTargets, lam=unit_interval, tau_m=temperature),
-        "slr": st.builds(SelfLabelingRefinery, alpha=unit_interval, tau_s=temperature, kappa=st.integers(1, 30)),
+        "sane": st.builds(refinery, tau=temperature, tau_prime=tau_primes, mu=confidences,
+                          use_p=st.booleans(), use_q=st.booleans()),
     }
     for strategy in ("eliminate", "attract"):
         kinds[f"fnc-{strategy}"] = st.builds(
@@ -172,10 +182,11 @@ def builders(kind: str | None = None, temperature=temperatures):
 
 def degenerate_builders(temperature=temperatures):
     """Each builder at the setting where the DESIGN says it is InfoNCE: SCE ``λ = 1``,
-    SLR ``α = 0``, FNC with ``threshold = 1`` (no cosine exceeds it)."""
+    SANE ``µ = 0``, FNC with ``threshold = 1`` (no cosine exceeds it)."""
     return st.one_of(
         st.builds(SimilarityTargets, lam=st.just(1.0), tau_m=temperature),
-        st.builds(SelfLabelingRefinery, alpha=st.just(0.0), tau_s=temperature, kappa=st.integers(1, 30)),
+        st.builds(refinery, tau=temperature, tau_prime=tau_primes, mu=st.just(0.0),
+                  use_p=st.booleans(), use_q=st.booleans()),
         st.builds(FalseNegativeCancellation, top_k=st.integers(1, 30), threshold=st.just(1.0),
                   strategy=st.sampled_from(("eliminate", "attract")), aggregation=st.sampled_from(("max", "mean"))),
     )
@@ -184,7 +195,8 @@ def degenerate_builders(temperature=temperatures):
 def mixers():
     """``None`` (no mixing), :class:`MomentumMixup` or :class:`InputMixup`, per sample
     or per batch, for one process (``across_processes=False``)."""
-    mixup = dict(beta=st.floats(0.05, 10.0), per_sample=st.booleans(), across_processes=st.just(False))
+    mixup = dict(kappa=st.floats(0.05, 10.0), per_sample=st.booleans(),
+                 across_processes=st.just(False))
     choices = {"none": st.none(), "momentum": st.builds(MomentumMixup, **mixup), "input": st.builds(InputMixup, **mixup)}
     # Half of the cases unmixed, so the ``[k_i | Q]`` layout is drawn as often.
     return st.sampled_from(("none", "momentum", "none", "input")).flatmap(choices.__getitem__)
@@ -225,7 +237,7 @@ def cases(draw, builder=None, fill: str | None = None, in_batch: bool | None = N
     """Any builder (or those of ``builder``) on any step, composed with any mixer.
 
     Mixing needs every row's target on the same columns, so a case with a mixer
-    uses the ``[batch keys | Q]`` layout (as SANE's ``L_MM`` does).
+    uses the ``[batch keys | Q]`` layout (as SANE's mixup term does).
     """
     mixer = draw(mixers())
     step = draw(steps(in_batch=True if mixer is not None else in_batch, fill=fill))

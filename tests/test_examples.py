@@ -18,7 +18,7 @@ from softcontrast.evaluation import knn_accuracy
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("script", ["moco", "sce", "fnc", "slr"])
+@pytest.mark.parametrize("script", ["moco", "sce", "fnc", "sane"])
 def test_example_trains_and_reports_knn(script, tmp_path):
     command = [sys.executable, str(EXAMPLES / f"{script}.py"), "--epochs", "1", "--train-subset", "128",
                "--batch-size", "32", "--queue-size", "64", "--width", "8", "--output-dir", str(tmp_path)]

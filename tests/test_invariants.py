@@ -2,13 +2,12 @@
 
 Every test draws a :class:`~strategies.Case`: a step (unit embeddings with duplicates,
 near-duplicates and antipodes; a real queue at any fill level; ids that collide),
-a builder (InfoNCE, SCE, SLR, FNC eliminate or attract) with legal hyperparameters,
+a builder (InfoNCE, SCE, SANE, FNC eliminate or attract) with legal hyperparameters,
 and a mixer (none, momentum mixup or input mixup) whose parameters mix the targets.
 docs/invariants.md lists the invariants with the test of each.
 
-The SLR label-recovery property (refinement recovers corrupted cluster labels under
-the margin condition) lives in tests/test_slr.py,
-``test_refined_labels_recover_corrupted_clusters``.
+SANE's own label properties (the weights α, β, eq. 5 by hand, the µ schedule) live
+in tests/test_sane.py.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.targets import (
     FalseNegativeCancellation,
     InfoNCE,
-    SelfLabelingRefinery,
     Targets,
 )
 from softcontrast.components.targets.false_negatives import queue_part
@@ -90,9 +88,6 @@ def selection_scores(case: Case, columns: LogitColumns) -> tuple[torch.Tensor, t
     """What a selecting builder ranks (``B×N`` scores, eligible flags, tie tolerance), else None."""
     builder = case.builder
     positive = columns.positive_one_hot().bool()
-    if isinstance(builder, SelfLabelingRefinery):
-        scores = columns.scores(columns.keys.float())
-        return scores, ~columns.mask & ~positive, 1e-6 + 1e-5 * builder.tau_s
     if isinstance(builder, FalseNegativeCancellation):
         support = F.normalize(case.step.support.float(), dim=-1)
         per_view = torch.einsum("bsd,kd->bsk", support, F.normalize(queue_part(columns)[0].float(), dim=-1))
@@ -106,7 +101,7 @@ def selection_scores(case: Case, columns: LogitColumns) -> tuple[torch.Tensor, t
 
 
 def has_selection_tie(case: Case, columns: LogitColumns) -> bool:
-    """Whether SLR's top-κ or FNC's top-k/threshold faces two *different* embeddings with
+    """Whether FNC's top-k/threshold faces two *different* embeddings with
     (numerically) equal scores, or an FNC score at the threshold: then which one is
     chosen depends on the column order, so order invariants do not apply."""
     found = selection_scores(case, columns)
@@ -166,7 +161,7 @@ def test_targets_are_distributions_and_masked_columns_get_no_target_and_no_proba
 @pytest.mark.parametrize("source", ["degenerate-setting", "fnc-with-an-empty-queue"])
 @given(data=st.data(), tau=temperatures)
 def test_each_builder_reduces_to_infonce_at_its_degenerate_setting(source, data, tau):
-    """SCE λ = 1, SLR α = 0, FNC with threshold 1 (no cosine exceeds it) or with an
+    """SCE λ = 1, SANE µ = 0, FNC with threshold 1 (no cosine exceeds it) or with an
     empty queue (no candidate) give InfoNCE's target and mask, hence the same loss and
     the same gradient w.r.t. the queries; with or without a mixer."""
     if source == "degenerate-setting":
@@ -334,11 +329,11 @@ def test_loss_and_gradient_are_finite_in_half_precision(precision, case, tau):
 @pytest.mark.parametrize("tau", EXTREME_TEMPERATURES)
 @given(data=st.data())
 def test_loss_and_gradient_are_finite_at_extreme_temperatures(tau, data):
-    """With the logit temperature and the builder's own temperature (SCE τm, SLR τs) at
+    """With the logit temperature and the builder's own temperature (SCE τm, SANE τ·τ′) at
     0.01 or 10, the loss is finite and ≥ 0 and its gradient is finite."""
     extreme = st.sampled_from(EXTREME_TEMPERATURES)
     case = data.draw(cases(builder=st.one_of(*(builders(kind, temperature=extreme) for kind in
-                                                ("infonce", "sce", "slr", "fnc-eliminate", "fnc-attract")))))
+                                                ("infonce", "sce", "sane", "fnc-eliminate", "fnc-attract")))))
     columns = case.step.columns()
     targets = case.targets()
     loss, grad = loss_and_grad(columns, targets, case.step.queries, tau, reduction="none")

@@ -1,9 +1,9 @@
 """Mixers: mix the inputs of a batch and mix their targets the same way (DESIGN step 6).
 
-Momentum mixup (MM, Zhou et al., NeurIPS 2021) makes a virtual query from a query
-view and *another* sample's key view, and gives it the mixed target::
+Momentum mixup (MM, Zhou et al., NeurIPS 2021, eqs. 8–9) makes a virtual query from
+a query view and *another* sample's key view, and gives it the mixed target::
 
-    θ_i ~ Beta(β, β),  π a random permutation of the batch
+    θ ~ Beta(κ, κ),  π a random permutation of the (global) batch
     x̃_i      = θ_i·x_i^query + (1 − θ_i)·x_π(i)^key
     target̃_i = θ_i·target_i  + (1 − θ_i)·target_π(i)
 
@@ -19,8 +19,8 @@ A mixer is three calls any method can use::
 
 Details the paper leaves open are parameters:
 
-* ``per_sample``: one ``θ_i`` per sample (default, as in the DESIGN equations) or one
-  ``θ`` for the whole batch (common in mixup code).
+* ``per_sample``: one ``θ`` for the whole batch (default, the paper's text) or one
+  ``θ_i`` per sample.
 * ``across_processes``: ``π`` permutes the global batch of all processes (default;
   then several processes compute exactly what one process computes on the
   concatenated batch) or only each process's local batch (no pixel gather).
@@ -34,7 +34,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from softcontrast.components.distributed import gather_no_grad, rank
+from softcontrast.components.distributed import gather_no_grad, gather_with_grad, rank
 from softcontrast.components.targets.base import Targets
 
 
@@ -55,9 +55,9 @@ class MixParams:
 
 
 def sample_mix_params(
-    batch: int, beta: float, device: torch.device | str, per_sample: bool = True, across_processes: bool = True
+    batch: int, kappa: float, device: torch.device | str, per_sample: bool = False, across_processes: bool = True
 ) -> MixParams:
-    """Draws ``θ ~ Beta(β, β)`` and a random permutation ``π``.
+    """Draws ``θ ~ Beta(κ, κ)`` and a random permutation ``π``.
 
     Across processes, every process draws uniform noise for its rows; ``π`` is the
     stable argsort of the gathered noise, so all processes hold the same global
@@ -65,19 +65,19 @@ def sample_mix_params(
 
     Args:
         batch: local batch size B.
-        beta: ``β > 0`` of the Beta distribution.
+        kappa: ``κ > 0`` of the Beta distribution.
         device: device of the returned tensors.
-        per_sample: one ``θ_i`` per row, or one ``θ`` for the batch.
+        per_sample: one ``θ_i`` per row, or one ``θ`` for the batch (default).
         across_processes: permute the global batch, or each local batch.
 
     Raises:
-        ValueError: ``β <= 0`` or ``batch < 1``.
+        ValueError: ``κ <= 0`` or ``batch < 1``.
     """
-    if not beta > 0:
-        raise ValueError(f"mixup beta must be > 0, got {beta}")
+    if not kappa > 0:
+        raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {kappa}")
     if batch < 1:
         raise ValueError(f"mixup batch must be >= 1, got {batch}")
-    concentration = torch.tensor(float(beta), device=device)
+    concentration = torch.tensor(float(kappa), device=device)
     theta = torch.distributions.Beta(concentration, concentration).sample((batch if per_sample else 1,))
     if not across_processes:
         return MixParams(theta.expand(batch), torch.randperm(batch, device=device), False)
@@ -89,8 +89,12 @@ def sample_mix_params(
 
 
 def partner_rows(x: Tensor, params: MixParams) -> Tensor:
-    """Row ``π(i)`` of ``x`` for every local row ``i`` (gathered across processes if needed)."""
-    source = gather_no_grad(x) if params.across_processes else x
+    """Row ``π(i)`` of ``x`` for every local row ``i`` (gathered across processes if needed;
+    the gather keeps gradients when ``x`` has them)."""
+    if params.across_processes:
+        source = gather_with_grad(x) if x.requires_grad else gather_no_grad(x)
+    else:
+        source = x
     return source[params.partner]
 
 
@@ -146,17 +150,17 @@ class Mixer(Protocol):
 
 @dataclass(frozen=True)
 class _BetaMixup:
-    beta: float = 1.0
-    per_sample: bool = True
+    kappa: float = 2.0
+    per_sample: bool = False
     across_processes: bool = True
 
     def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ValueError(f"mixup beta must be > 0, got {self.beta}")
+        if not self.kappa > 0:
+            raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {self.kappa}")
 
     def sample(self, batch: int, device: torch.device | str) -> MixParams:
-        """Draws ``θ ~ Beta(β, β)`` and ``π`` (see :func:`sample_mix_params`)."""
-        return sample_mix_params(batch, self.beta, device, self.per_sample, self.across_processes)
+        """Draws ``θ ~ Beta(κ, κ)`` and ``π`` (see :func:`sample_mix_params`)."""
+        return sample_mix_params(batch, self.kappa, device, self.per_sample, self.across_processes)
 
     def mix_targets(self, targets: Targets, params: MixParams) -> Targets:
         """``θ_i·target_i + (1 − θ_i)·target_π(i)`` (see :func:`mix_targets`)."""
@@ -172,12 +176,12 @@ class MomentumMixup(_BetaMixup):
     momentum embedding sits in the columns.
 
     Args:
-        beta: ``β > 0`` of ``θ ~ Beta(β, β)``.
-        per_sample: one ``θ_i`` per sample (default) or one per batch.
+        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (default 2, the paper's CIFAR setting).
+        per_sample: one ``θ`` per batch (default, the paper's text) or one per sample.
         across_processes: permute the global batch (default) or each local batch.
 
     Raises:
-        ValueError: ``β <= 0``.
+        ValueError: ``κ <= 0``.
     """
 
     def mix_inputs(self, queries: Tensor, keys: Tensor, params: MixParams) -> Tensor:
@@ -190,12 +194,12 @@ class InputMixup(_BetaMixup):
     """Plain input mixup: ``x̃_i = θ_i·x_i^query + (1 − θ_i)·x_π(i)^query``, targets alike.
 
     Args:
-        beta: ``β > 0`` of ``θ ~ Beta(β, β)``.
-        per_sample: one ``θ_i`` per sample (default) or one per batch.
+        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (default 2, the paper's CIFAR setting).
+        per_sample: one ``θ`` per batch (default, the paper's text) or one per sample.
         across_processes: permute the global batch (default) or each local batch.
 
     Raises:
-        ValueError: ``β <= 0``.
+        ValueError: ``κ <= 0``.
     """
 
     def mix_inputs(self, queries: Tensor, keys: Tensor, params: MixParams) -> Tensor:

@@ -4,6 +4,6 @@ from softcontrast.methods.base import ContrastiveMethod, StepOutput
 from softcontrast.methods.fnc import FNC
 from softcontrast.methods.moco import MoCoV2
 from softcontrast.methods.sce import SCE
-from softcontrast.methods.slr import SANE
+from softcontrast.methods.sane import SANE
 
 __all__ = ["ContrastiveMethod", "FNC", "MoCoV2", "SANE", "SCE", "StepOutput"]

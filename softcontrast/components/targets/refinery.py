@@ -1,119 +1,199 @@
-"""SLR: Self-Labeling Refinement targets (Zhou et al., NeurIPS 2021).
+"""SANE's self-labeling refinery (Zhou et al., NeurIPS 2021, eqs. 4–5 and Algorithm 1).
 
-The one-hot contrastive label calls every other column a negative, including
-columns of the same class: it is a *noisy* label. SLR refines it with the momentum
-key's own view of the columns::
+The one-hot contrastive label ``y_i`` calls every other column a negative, including
+columns of the same class: it is a *noisy* label. SANE refines it with the momentum
+key's own view of the columns ``B̄ = [gathered batch keys | Q]``::
 
-    p_i  = softmax over unmasked columns of k_i·Cᵀ/τs
-    p̂_i  = keep the κ largest entries of p_i, zero the rest, renormalise
-    ŷ_i  = (1 − α)·e_pos + α·p̂_i
+    p_i = softmax over the unmasked columns of k_i·B̄ᵀ/(τ·τ′)        (positive included)
+    q_i = the same with the positive column removed (q_ii = 0), renormalised
+    z   = 1 + µ_t·max_k p_ik + µ_t·max_k q_ik
+    α_i = µ_t·max_k p_ik / z,   β_i = µ_t·max_k q_ik / z
+    ȳ_i = (1 − α_i − β_i)·y_i + α_i·p_i + β_i·q_i
 
-The target is recomputed every step from the current network (the paper's
-iterative refinement) and carries no gradient.
+with the confidence ``µ_t = m2 − (m2 − m1)·(cos(πt/T) + 1)/2`` rising from ``m1`` to
+``m2`` over the ``T`` steps of training. The label is recomputed every step from the
+current momentum encoder and carries no gradient. There is no truncation of ``p`` or
+``q``: every unmasked column keeps its mass.
+
+The math lives in pure functions (:func:`key_distributions`,
+:func:`confidence_weights`, :func:`refined_label`, :func:`confidence_schedule`);
+:class:`SelfLabelingRefinery` holds the hyperparameters and ``µ_t``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from softcontrast.components.columns import LogitColumns
-from softcontrast.components.targets.base import Targets, masked_softmax
+from softcontrast.components.targets.base import Targets
 
 
-def keep_top(probabilities: Tensor, kappa: int, always: Tensor | None = None) -> Tensor:
-    """Keeps the ``κ`` largest entries of each row, zeroes the rest and renormalises.
+def key_distributions(
+    key_scores: Tensor, positive_one_hot: Tensor, mask: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """The key's distributions ``p_i`` and ``q_i`` over the columns (eq. 4).
 
     Args:
-        probabilities: ``B×N`` non-negative rows, each with positive mass.
-        kappa: ``κ >= 1`` entries kept per row (all of them when ``κ >= N``).
-        always: optional ``B×N`` flags of entries that are kept whatever their
-            value (they count towards ``κ``).
+        key_scores: ``B×N`` ``k_i·B̄_j``.
+        positive_one_hot: ``B×N`` ``y_i``, one-hot on the positive column.
+        mask: ``B×N`` excluded columns (never the positive).
+        temperature: ``τ·τ′ > 0``.
 
     Returns:
-        ``B×N`` rows that sum to 1 with at most ``max(κ, #always)`` non-zeros.
+        ``(p, q)``, both ``B×N`` and zero on masked columns. ``p`` rows sum to 1;
+        ``q`` is zero at the positive and its rows sum to 1, or are all zero when
+        the row has no unmasked column besides the positive.
     """
-    kappa = min(kappa, probabilities.shape[-1])
-    ranking = probabilities if always is None else probabilities.masked_fill(always, float("inf"))
-    kept = torch.zeros_like(probabilities, dtype=torch.bool).scatter_(1, ranking.topk(kappa, dim=-1).indices, True)
-    if always is not None:
-        kept = kept | always
-    truncated = probabilities * kept
-    return truncated / truncated.sum(dim=-1, keepdim=True)
+    # float32 at least (float64 stays float64); all-masked rows give zeros, not NaN.
+    scores = key_scores.to(torch.promote_types(key_scores.dtype, torch.float32)) / temperature
+    p = scores.masked_fill(mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    q = scores.masked_fill(mask | positive_one_hot.bool(), float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    return p, q
 
 
-def refine_labels(labels: Tensor, prediction: Tensor, alpha: float) -> Tensor:
-    """The refined label ``(1 − α)·y + α·p`` of a (noisy) label ``y``.
+def confidence_weights(p: Tensor, q: Tensor, mu: float | Tensor) -> tuple[Tensor, Tensor]:
+    """The per-row weights ``α_i`` and ``β_i`` of ``p_i`` and ``q_i`` (eq. 5).
+
+    ``z = 1 + µ·max_k p_ik + µ·max_k q_ik``, ``α = µ·max_k p_ik / z``,
+    ``β = µ·max_k q_ik / z``. For ``µ >= 0`` both are ``>= 0`` and ``α + β < 1``.
 
     Args:
-        labels: ``B×N`` label rows ``y`` (one-hot in the paper).
-        prediction: ``B×N`` predicted distributions ``p`` (after any truncation).
-        alpha: ``α`` in ``[0, 1]``, trust in the prediction.
+        p: ``B×N`` rows of ``p``.
+        q: ``B×N`` rows of ``q``.
+        mu: confidence ``µ >= 0`` (a number or a scalar tensor).
+
+    Returns:
+        ``(α, β)``, each ``B×1``.
     """
-    return (1 - alpha) * labels + alpha * prediction
+    confident_p = mu * p.amax(dim=-1, keepdim=True)
+    confident_q = mu * q.amax(dim=-1, keepdim=True)
+    z = 1 + confident_p + confident_q
+    return confident_p / z, confident_q / z
+
+
+def refined_label(y: Tensor, p: Tensor, q: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """The refined label ``ȳ = (1 − α − β)·y + α·p + β·q`` (eq. 5).
+
+    Args:
+        y: ``B×N`` one-hot labels.
+        p: ``B×N`` distributions ``p``.
+        q: ``B×N`` distributions ``q``.
+        alpha: ``B×1`` (or broadcastable) weights ``α``.
+        beta: ``B×1`` (or broadcastable) weights ``β``.
+    """
+    return (1 - alpha - beta) * y + alpha * p + beta * q
+
+
+def confidence_schedule(step: int, total_steps: int, mu_start: float, mu_end: float) -> float:
+    """``µ_t = m2 − (m2 − m1)·(cos(πt/T) + 1)/2``: ``m1`` at step 0, ``m2`` at step ``T``.
+
+    Args:
+        step: iteration ``t`` (clamped to ``[0, T]``).
+        total_steps: ``T``, the number of training steps.
+        mu_start: ``m1``.
+        mu_end: ``m2``.
+    """
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return mu_end - (mu_end - mu_start) * (math.cos(math.pi * progress) + 1) / 2
 
 
 def self_labeling_target(
-    key_scores: Tensor, positive_one_hot: Tensor, mask: Tensor, alpha: float, tau_s: float, kappa: int
+    key_scores: Tensor,
+    positive_one_hot: Tensor,
+    mask: Tensor,
+    mu: float | Tensor,
+    temperature: float,
+    use_p: bool = True,
+    use_q: bool = True,
 ) -> Tensor:
-    """The SLR target ``(1 − α)·e_pos + α·p̂_i``.
-
-    ``p_i = softmax(k_i·Cᵀ/τs)`` over the unmasked columns, the positive included
-    (it holds ``k_i·k_i = 1``, the largest score of L2-normalised keys).
-    ``p̂_i`` keeps the ``κ`` largest entries of ``p_i``. The positive is always
-    among them: for normalised keys it is the largest entry anyway, and keeping
-    it explicitly makes ties and rounding harmless, so ``κ = 1`` gives ``e_pos``.
+    """SANE's refined label ``ȳ`` from the key scores, in one call.
 
     Args:
-        key_scores: ``B×N`` ``k_i·C_j``.
-        positive_one_hot: ``B×N`` ``e_pos``.
+        key_scores: ``B×N`` ``k_i·B̄_j``.
+        positive_one_hot: ``B×N`` ``y_i``.
         mask: ``B×N`` excluded columns (never the positive).
-        alpha: ``α`` in ``[0, 1]``; 0 is InfoNCE.
-        tau_s: ``τs > 0``, temperature of the key's distribution.
-        kappa: ``κ >= 1``, entries of ``p_i`` kept.
+        mu: confidence ``µ >= 0``.
+        temperature: ``τ·τ′``.
+        use_p: keep the ``p`` term; ``False`` sets ``α = 0`` (the paper's "q only"
+            ablation; ``p`` then also leaves ``z``).
+        use_q: keep the ``q`` term; ``False`` sets ``β = 0`` ("p only").
 
     Returns:
         ``B×N`` rows that sum to 1 and are zero on masked columns.
     """
-    positive = positive_one_hot.bool()
-    prediction = keep_top(masked_softmax(key_scores / tau_s, mask), kappa, always=positive)
-    return refine_labels(positive_one_hot.to(prediction.dtype), prediction, alpha)
+    p, q = key_distributions(key_scores, positive_one_hot, mask, temperature)
+    y = positive_one_hot.to(p.dtype)
+    alpha, beta = confidence_weights(p if use_p else torch.zeros_like(p), q if use_q else torch.zeros_like(q), mu)
+    return refined_label(y, p, q, alpha, beta)
 
 
-@dataclass(frozen=True)
-class SelfLabelingRefinery:
-    """SLR target builder: ``target_i = (1 − α)·e_pos + α·top_κ(softmax(k_i·Cᵀ/τs))``.
+class SelfLabelingRefinery(nn.Module):
+    """SANE's label builder: ``ȳ_i = (1 − α_i − β_i)·y_i + α_i·p_i + β_i·q_i``.
 
-    Works with both column layouts (``[k_i | Q]`` and ``[batch keys | Q]``).
+    ``µ`` lives in a persistent buffer (so a checkpoint holds it). The method sets it
+    from the training step with :meth:`set_step`, as the momentum schedule is driven
+    by the step; a fresh builder starts at ``µ_0 = m1``. Meant for the
+    ``[gathered batch keys | Q]`` layout, but works with ``[k_i | Q]`` too.
 
     Args:
-        alpha: ``α`` in ``[0, 1]``, weight of the refined part; 0 is InfoNCE.
-        tau_s: ``τs > 0``, temperature of the key's similarity distribution.
-        kappa: ``κ >= 1``, number of largest entries kept; 1 is InfoNCE.
+        tau: ``τ > 0``, the temperature of the contrastive loss.
+        tau_prime: ``τ′`` in ``(0, 1]``; the key's distributions use ``τ·τ′``.
+        mu_start: ``m1 >= 0``, the confidence at the first step.
+        mu_end: ``m2 >= m1``, the confidence at the last step.
+        use_p: keep the ``p`` term (``False``: the paper's "q only" ablation).
+        use_q: keep the ``q`` term (``False``: the paper's "p only" ablation).
 
     Raises:
-        ValueError: a hyperparameter outside its range.
+        ValueError: a hyperparameter outside its range (the message names the flag).
     """
 
-    alpha: float = 0.5
-    tau_s: float = 0.1
-    kappa: int = 10
+    def __init__(
+        self,
+        tau: float = 0.2,
+        tau_prime: float = 0.8,
+        mu_start: float = 0.0,
+        mu_end: float = 1.0,
+        use_p: bool = True,
+        use_q: bool = True,
+    ):
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"SANE tau (--tau) must be > 0, got {tau}")
+        if not 0 < tau_prime <= 1:
+            raise ValueError(f"SANE tau_prime (--tau-prime) must lie in (0, 1], got {tau_prime}")
+        if not mu_start >= 0:
+            raise ValueError(f"SANE mu_start (--mu-start) must be >= 0, got {mu_start}")
+        if not mu_end >= mu_start:
+            raise ValueError(
+                f"SANE mu_end (--mu-end) must be >= mu_start (--mu-start), got {mu_end} < {mu_start}: "
+                "the confidence rises from m1 to m2"
+            )
+        self.tau, self.tau_prime = float(tau), float(tau_prime)
+        self.mu_start, self.mu_end = float(mu_start), float(mu_end)
+        self.use_p, self.use_q = use_p, use_q
+        self.register_buffer("mu", torch.tensor(float(mu_start)))
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"SLR alpha must lie in [0, 1], got {self.alpha}")
-        if not self.tau_s > 0:
-            raise ValueError(f"SLR tau_s must be > 0, got {self.tau_s}")
-        if int(self.kappa) != self.kappa or self.kappa < 1:
-            raise ValueError(f"SLR kappa must be an integer >= 1, got {self.kappa}")
+    @property
+    def temperature(self) -> float:
+        """``τ·τ′``, the temperature of ``p`` and ``q``."""
+        return self.tau * self.tau_prime
 
-    def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
-        """Builds the refined target from the keys' similarities (``support`` is ignored)."""
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Sets ``µ`` to ``µ_t`` of :func:`confidence_schedule` for step ``t``."""
+        self.mu.fill_(confidence_schedule(step, total_steps, self.mu_start, self.mu_end))
+
+    def forward(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
+        """Builds ``ȳ`` from the keys' similarities to the columns (``support`` is ignored)."""
         with torch.no_grad():
             key_scores = columns.scores(columns.keys.float())
             target = self_labeling_target(
-                key_scores, columns.positive_one_hot(), columns.mask, self.alpha, self.tau_s, int(self.kappa)
+                key_scores, columns.positive_one_hot(), columns.mask, self.mu, self.temperature, self.use_p, self.use_q
             )
         return Targets(target, columns.mask)
+
+    def extra_repr(self) -> str:
+        return (f"tau={self.tau}, tau_prime={self.tau_prime}, mu_start={self.mu_start}, mu_end={self.mu_end}, "
+                f"use_p={self.use_p}, use_q={self.use_q}")
