@@ -9,6 +9,7 @@ from softcontrast.components.targets.false_negatives import FalseNegativeCancell
 from softcontrast.components.targets.infonce import InfoNCE, one_hot_target
 from softcontrast.components.targets.refinery import SelfLabelingRefinery, self_labeling_target
 from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
+from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_targets
 
 __all__ = [
     "FalseNegativeCancellation",
@@ -17,8 +18,10 @@ __all__ = [
     "SimilarityTargets",
     "TargetBuilder",
     "Targets",
+    "ViewFalseNegatives",
     "cancel_false_negatives",
     "one_hot_target",
     "self_labeling_target",
     "similarity_target",
+    "view_fnc_targets",
 ]
