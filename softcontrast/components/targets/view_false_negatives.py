@@ -86,7 +86,8 @@ def bank_view_false_negatives(
     return holds & ~blocked_columns(columns, ids)
 
 
-def view_fnc_targets(layout: ViewLayout, false_negatives: Tensor, strategy: str) -> Targets:
+def view_fnc_targets(layout: ViewLayout, false_negatives: Tensor, strategy: str,
+                     dtype: torch.dtype = torch.float32) -> Targets:
     """Target and mask of every anchor row.
 
     Args:
@@ -94,12 +95,13 @@ def view_fnc_targets(layout: ViewLayout, false_negatives: Tensor, strategy: str)
         false_negatives: ``R×N`` flags of ``F`` (each row gets its image's set).
         strategy: ``attract`` (target uniform over ``P ∪ F``) or ``eliminate``
             (target uniform over ``P``, ``mask ∪= F``).
+        dtype: dtype of the target.
     """
     check_choice("strategy", strategy, STRATEGIES)
     found = false_negatives & ~layout.mask & ~layout.positive
     members = layout.positive | found if strategy == "attract" else layout.positive
     mask = layout.mask if strategy == "attract" else layout.mask | found
-    target = members.float()
+    target = members.to(dtype)
     return Targets(target / target.sum(dim=1, keepdim=True).clamp(min=1), mask)
 
 
@@ -153,4 +155,5 @@ class ViewFalseNegatives:
 
     def __call__(self, columns: ViewColumns, layout: ViewLayout, found: Tensor) -> Targets:
         """Targets of the anchor rows; ``found`` is ``R×N`` (each row its image's ``F_i``)."""
-        return view_fnc_targets(layout, found, self.strategy)
+        dtype = torch.promote_types(columns.embeddings.dtype, torch.float32)
+        return view_fnc_targets(layout, found, self.strategy, dtype)
