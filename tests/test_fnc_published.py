@@ -1,6 +1,11 @@
 """FNC as published: the multi-view objective against plain loops, its invariants, the method."""
 
+import importlib.util
 import math
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +19,9 @@ from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.multiview import ViewColumns, ViewMemory
 from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
-from softcontrast.methods import FNC
+from softcontrast.methods import FNC, FNCOnMoCo
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def unit(*shape, generator, dtype=torch.float32):
@@ -232,3 +239,31 @@ def test_training_steps_fill_the_memory_with_view_entries_and_report_distinct_im
     assert 2 <= metrics["false_negatives_per_row"] <= 4
     assert 0 <= metrics["cancelled_precision"] <= 1 and 0 <= metrics["same_class_negatives"] <= 1
     assert (metrics["same_class_target_mass"] == 0) == (strategy == "eliminate")
+
+
+def test_example_reports_a_memory_smaller_than_one_block_in_one_line(tmp_path):
+    command = [sys.executable, str(EXAMPLES / "fnc.py"), "--epochs", "1", "--output-dir", str(tmp_path),
+               "--memory-size", "100"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    assert "--memory-size" in completed.stderr.strip().splitlines()[-1] and "Traceback" not in completed.stderr
+
+
+def test_example_variants_build_the_published_objective_or_the_moco_adaptation():
+    spec = importlib.util.spec_from_file_location("example_fnc", EXAMPLES / "fnc.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = Namespace(dataset="digits", view_size=16, crop_min_scale=None, flip_p=None, projector_hidden=32,
+                     projector_out=16, support_views=None, memory_size=None, top_k=10, threshold=0.7,
+                     strategy="eliminate", aggregation="max", search_backend="torch", tau=None, momentum=None,
+                     final_momentum=None, channels_last=False, shuffle_bn=False, split_bn_groups=8,
+                     batch_size=32, queue_size=64, symmetric=False, loss_scale=2.0, variant="paper")
+    paper = example.make_method(resnet("resnet18", width=4), args)
+    assert type(paper) is FNC and paper.num_views == 10 and paper.queue.capacity == 16 * 32
+    assert (paper.temperature, paper.momentum) == (0.1, 0.999)
+    moco = example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco"}))
+    assert type(moco) is FNCOnMoCo and moco.support_views == 4 and moco.queue.capacity == 64
+    assert (moco.temperature, moco.momentum) == (0.2, 0.99)
+    with pytest.raises(ValueError, match="support_views"):
+        example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco",
+                                                                       "support_views": 0}))
