@@ -178,3 +178,67 @@ def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -
         "same_class_target_mass": (mass * same).sum() / mass.sum().clamp(min=eps),
         "cancelled_precision": (same & cancelled).sum() / cancelled.sum().clamp(min=1),
     }
+
+
+def first_of_each_id(column_ids: Tensor, flags: Tensor) -> Tensor:
+    """``B×N`` flags that keep, per row, one flagged column of each distinct sample id.
+
+    Args:
+        column_ids: ``N`` sample id of every column.
+        flags: ``B×N`` flagged columns (for example detected false negatives).
+    """
+    none = torch.iinfo(torch.long).min
+    marked = column_ids[None, :].expand(flags.shape[0], -1).masked_fill(~flags, none)
+    ordered, order = marked.sort(dim=1, stable=True)
+    first = torch.ones_like(flags)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.zeros_like(flags).scatter(1, order, first & (ordered != none))
+
+
+def view_false_negative_diagnostics(
+    column_ids: Tensor, ids: Tensor, found: Tensor, positive: Tensor, mask: Tensor, target: Tensor,
+    labels: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """False-negative diagnostics of a multi-view step, counting distinct *images*.
+
+    A detected image counts once however many of its view entries were detected.
+
+    * ``false_negatives_per_row``: distinct images detected per image.
+    * with ``labels``: ``cancelled_precision``, the share of same-class images among
+      the detected (row image, detected image) pairs; ``same_class_negatives``, the
+      share of same-class images among the distinct images of each anchor's unmasked
+      non-positive columns; ``same_class_target_mass``, the share of the target mass
+      off the positives that lands on same-class columns.
+
+    Args:
+        column_ids: ``N`` sample ids of the columns (``-1`` = empty).
+        ids: ``B`` sample ids of the local images.
+        found: ``B×N`` detected false negatives of each image.
+        positive: ``R×N`` positives of the anchor rows (``R = B·V``, image-major).
+        mask: ``R×N`` columns excluded before detection.
+        target: ``R×N`` target of the anchor rows.
+        labels: class label of every sample id (``-1`` = unknown), or ``None``.
+
+    Returns:
+        Scalar tensors (no host synchronisation).
+    """
+    detected = first_of_each_id(column_ids, found)
+    metrics = {"false_negatives_per_row": detected.sum(dim=1).float().mean()}
+    if labels is None:
+        return metrics
+    known_column = column_ids >= 0
+    column_labels = labels[column_ids.clamp(min=0)].masked_fill(~known_column, -1)
+    image_labels = labels[ids]
+    same = (column_labels[None, :] == image_labels[:, None]) & (image_labels[:, None] >= 0) & known_column[None, :]
+    views = positive.shape[0] // ids.shape[0]
+    row_same = same.repeat_interleave(views, dim=0)
+    first_view = slice(None, None, views)  # the own image's columns are masked or positive there
+    candidates = first_of_each_id(column_ids, ~mask[first_view] & ~positive[first_view] & known_column[None, :])
+    mass = target * ~positive
+    eps = torch.finfo(mass.dtype).tiny
+    metrics.update({
+        "same_class_negatives": (same & candidates).sum() / candidates.sum().clamp(min=1),
+        "same_class_target_mass": (mass * row_same).sum() / mass.sum().clamp(min=eps),
+        "cancelled_precision": (same & detected).sum() / detected.sum().clamp(min=1),
+    })
+    return metrics

@@ -197,11 +197,7 @@ class Trainer:
 
     def _check_sizes(self, num_samples: int) -> None:
         global_batch = self.config.batch_size * self.accelerator.num_processes
-        if self.method.queue.capacity < global_batch:
-            raise ValueError(
-                f"queue size {self.method.queue.capacity} is smaller than the global batch {global_batch}: "
-                "raise the queue size or lower the batch size"
-            )
+        self.method.check_global_batch(global_batch)
         if global_batch > num_samples:
             raise ValueError(f"global batch {global_batch} exceeds the {num_samples} training images: lower the batch size")
 

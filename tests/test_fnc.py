@@ -20,7 +20,7 @@ from softcontrast.components.targets.false_negatives import (
     max_per_id,
     queue_part,
 )
-from softcontrast.methods import FNC
+from softcontrast.methods import FNCOnMoCo as FNC
 
 
 def unit(*shape, generator):

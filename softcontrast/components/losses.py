@@ -10,14 +10,14 @@ def masked_log_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
     """``log softmax`` over the columns not flagged in ``mask`` (masked entries are ``-inf``)."""
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
     """``−Σ_j target_ij · log softmax(logits_i)_j`` over unmasked columns.
 
     Masked columns get no probability (their logit is ``−∞``) and must carry zero
-    target. The log-softmax is computed in float32 even under autocast.
+    target. The log-softmax is computed in float32 even under autocast (float64 stays float64).
 
     Args:
         logits: ``B×N`` logits.

@@ -12,6 +12,7 @@ from softcontrast.components.backbones import Backbone, Encoder
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
+from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.components.targets.base import TargetBuilder, Targets
@@ -73,6 +74,10 @@ class ContrastiveMethod(nn.Module):
         shuffle_bn: encode keys with shuffle-BN / split-BN
             (:class:`~softcontrast.components.shuffle_bn.ShuffleBatchNorm`); ``None``
             encodes each batch of key views in one pass.
+        small_crops: multi-crop (:class:`~softcontrast.components.multiview.SmallCrops`):
+            each small crop of image ``i`` is one more query with row ``i``'s target,
+            against the same columns; the loss is the mean over all queries
+            (``None``: the two-view step).
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class ContrastiveMethod(nn.Module):
         support_view: ViewRecipe | None = None,
         channels_last: bool = False,
         shuffle_bn: ShuffleBatchNorm | None = None,
+        small_crops: SmallCrops | None = None,
     ):
         super().__init__()
         if not temperature > 0:
@@ -119,8 +125,17 @@ class ContrastiveMethod(nn.Module):
         self.support_views = support_views
         self.channels_last = channels_last
         self.shuffle_bn = shuffle_bn
+        self.small_crops = small_crops
         self._pending: list[tuple[Tensor, Tensor]] = []
         self.diagnostic_labels: Tensor | None = None
+
+    def check_global_batch(self, global_batch: int) -> None:
+        """Raises a ``ValueError`` when the queue cannot hold one global batch of keys."""
+        if self.queue.capacity < global_batch:
+            raise ValueError(
+                f"queue size {self.queue.capacity} is smaller than the global batch {global_batch}: "
+                "raise the queue size or lower the batch size"
+            )
 
     def set_diagnostic_labels(self, labels: Tensor | None) -> None:
         """Class label of every sample id (or ``None``). When set, each step also reports
@@ -172,12 +187,28 @@ class ContrastiveMethod(nn.Module):
         keys = self.embed_keys(key_views)
         first = self.contrast(query_views, keys, ids, self.support_embeddings(images, keys))
         self._pending = [(keys, ids)]
+        crops = None if self.small_crops is None else self.small_crops(self._encode_online, images)
+        first_loss = first.loss if crops is None else self.with_small_crops(first, crops)
         if not self.symmetric:
-            return StepOutput(first.loss, self._metrics(first))
+            return StepOutput(first_loss, self._metrics(first))
         swapped_keys = self.embed_keys(query_views)
         second = self.contrast(key_views, swapped_keys, ids, self.support_embeddings(images, swapped_keys))
         self._pending.append((swapped_keys, ids))
-        return StepOutput((first.loss + second.loss) / 2, self._metrics(first))
+        second_loss = second.loss if crops is None else self.with_small_crops(second, crops)
+        return StepOutput((first_loss + second_loss) / 2, self._metrics(first))
+
+    def _encode_online(self, views: Tensor) -> Tensor:
+        return self.online(self._prepare(views))
+
+    def with_small_crops(self, contrast: Contrast, crops: Tensor) -> Tensor:
+        """Mean loss over the query and the ``N`` small crops (``N×B×D``), every crop of
+        image ``i`` scored against ``contrast``'s columns with row ``i``'s target."""
+        targets = contrast.targets
+        crop_losses = [
+            soft_cross_entropy(contrast.columns.scores(crop) / self.temperature, targets.target, targets.mask)
+            for crop in crops
+        ]
+        return (contrast.loss + sum(crop_losses)) / (1 + len(crop_losses))
 
     def _metrics(self, contrast: Contrast) -> dict[str, Tensor]:
         with torch.no_grad():

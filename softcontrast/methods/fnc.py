@@ -1,21 +1,166 @@
-"""FNC: False Negative Cancellation (Huynh et al., WACV 2022)."""
+"""FNC: False Negative Cancellation (Huynh et al., WACV 2022).
+
+:class:`FNC` is the published, multi-view objective; :class:`FNCOnMoCo` is this
+library's adaptation to MoCo v2 (one anchor per image, support views only for
+detection), kept as an option.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from softcontrast.components.augment import ViewRecipe, moco_v2_cifar
+from softcontrast.components.augment import ViewRecipe, moco_v2_cifar, to_float
 from softcontrast.components.backbones import Backbone, projector_for
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.distributed import gather_no_grad
+from softcontrast.components.multiview import MultiViewAugment, ViewColumns, ViewMemory, embed_views
 from softcontrast.components.neighbors import Backend
 from softcontrast.components.targets.false_negatives import FalseNegativeCancellation, detected_false_negatives
-from softcontrast.methods.base import Contrast, ContrastiveMethod
+from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
+from softcontrast.evaluation import view_false_negative_diagnostics
+from softcontrast.methods.base import Contrast, ContrastiveMethod, StepOutput
 
 
 class FNC(ContrastiveMethod):
-    """FNC on MoCo v2. ``L = −Σ_j target_ij · log softmax(q_i·Cᵀ/τ)_j`` with
+    """FNC as published (Huynh et al., WACV 2022): every one of ``V = 2 + S`` views an anchor.
+
+    ``L = (scale/V)·Σ_a mean_i L_ia``, ``s = z_ia·c/T`` over the columns
+    ``c = [momentum views of the global batch | memory of view entries]``;
+    ``F_i = top_k {m : agg_v(ẑ_iv·c_m) > threshold}``, own image's columns excluded;
+    ``P_i`` = the other ``V − 1`` views of image ``i``; the anchor's own column masked;
+    attract: ``L_ia = LSE_{m≠a} s_am − mean_{P_i ∪ F_i} s``;
+    eliminate: ``L_ia = LSE_{m≠a, m∉F_i} s_am − mean_{P_i} s``.
+
+    Defaults are the official ones: ``S = 8``, ``top_k = 10``, ``threshold = 0.7``,
+    ``T = 0.1``, EMA 0.999, max aggregation, ``scale = 2``; the paper's memory holds
+    16 × batch view entries (``memory_size`` 4096 = 16 × 256). FNC is active from
+    the first step. One deviation: memory entries of the row's own image are masked
+    (the official code has no sample ids and treats them as negatives). The online
+    encoder embeds all ``V`` views in one pass, and so does the momentum encoder
+    (with shuffle-BN when given).
+
+    Args:
+        backbone: feature extractor.
+        projector: head on the features (default: 512-512-128 MLP with BN).
+        support_views: S >= 0, views per image beyond the first two (``V = 2 + S``).
+        top_k: at most this many detected view entries per image (>= 1).
+        threshold: cosine a detected score must exceed, in ``[-1, 1]``.
+        strategy: ``attract`` or ``eliminate``.
+        aggregation: ``max`` or ``mean`` over the ``V`` momentum views.
+        search_backend: :class:`~softcontrast.components.neighbors.NeighborSearch`
+            backend of the search over the columns.
+        bank: search this dataset-wide bank (refreshed from each image's first
+            momentum view) instead of the columns; ``top_k`` then counts images.
+        view: recipe of all ``V`` views (default: MoCo v2 CIFAR).
+        memory_size: view entries in the memory (0 = none; else at least one block,
+            global batch × V).
+        temperature: T (default 0.1).
+        momentum: EMA momentum (default 0.999).
+        final_momentum: momentum at the end (cosine schedule); ``None`` = constant.
+        loss_scale: ``scale`` (2 as published; 1 is the plain mean over anchors).
+        **kwargs: further :class:`ContrastiveMethod` options (``channels_last``, ``shuffle_bn``).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        projector: nn.Module | None = None,
+        support_views: int = 8,
+        top_k: int = 10,
+        threshold: float = 0.7,
+        strategy: str = "attract",
+        aggregation: str = "max",
+        search_backend: Backend = "torch",
+        bank: EmbeddingBank | None = None,
+        view: ViewRecipe | None = None,
+        memory_size: int = 4096,
+        temperature: float = 0.1,
+        momentum: float = 0.999,
+        final_momentum: float | None = None,
+        loss_scale: float = 2.0,
+        **kwargs,
+    ):
+        if support_views < 0:
+            raise ValueError(f"FNC support_views (--support-views) must be >= 0, got {support_views}")
+        if memory_size < 0:
+            raise ValueError(f"FNC memory_size (--memory-size) must be >= 0 view entries, got {memory_size}")
+        if not loss_scale > 0:
+            raise ValueError(f"FNC loss_scale (--loss-scale) must be > 0, got {loss_scale}")
+        view = view or moco_v2_cifar()
+        detector = ViewFalseNegatives(top_k, threshold, strategy, aggregation, search_backend, bank)
+        super().__init__(
+            backbone,
+            projector or projector_for(backbone),
+            detector,
+            query_view=view,
+            key_view=view,
+            queue_size=1,
+            temperature=temperature,
+            momentum=momentum,
+            final_momentum=final_momentum,
+            **kwargs,
+        )
+        self.support_views = support_views
+        self.num_views = 2 + support_views
+        self.views = MultiViewAugment([view] * self.num_views)
+        self.queue = ViewMemory(memory_size, self.queue.keys.shape[1])  # view entries take the queue's place
+        self.loss_scale = loss_scale
+        self.bank = bank
+        self._pending_block: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def check_global_batch(self, global_batch: int) -> None:
+        """Raises a ``ValueError`` when a memory is smaller than one block of view entries."""
+        block = global_batch * self.num_views
+        if 0 < self.queue.capacity < block:
+            raise ValueError(
+                f"FNC memory_size (--memory-size) {self.queue.capacity} is smaller than one block of view entries "
+                f"({global_batch} images × {self.num_views} views = {block}): raise it to at least {block}, "
+                "or 0 for no memory"
+            )
+
+    def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
+        """One step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
+        batch, num_views = images.shape[0], self.num_views
+        views = self.views(to_float(images))
+        anchors = embed_views(self._encode_online, views).transpose(0, 1)  # z: B×V×D
+        momentum = embed_views(self.embed_keys, views).transpose(0, 1)  # ẑ: B×V×D
+        columns = ViewColumns.build(momentum, ids, self.queue)
+        found = self.target_builder.false_negatives(columns, momentum, ids)  # F_i: B×N
+        layout = columns.layout(ids.repeat_interleave(num_views), columns.own_columns(batch))
+        targets = self.target_builder(columns, layout, found.repeat_interleave(num_views, dim=0))
+        loss = view_fnc_loss(anchors.reshape(batch * num_views, -1), columns, targets, self.temperature,
+                             self.loss_scale)
+        self._pending_block = columns.block_entries()
+        with torch.no_grad():
+            positives = (anchors[:, :, None] * momentum[:, None]).sum(-1)  # B×V×V cosines
+            off_diagonal = ~torch.eye(num_views, dtype=torch.bool, device=ids.device)
+            metrics = {
+                "loss": loss.detach(),
+                "positive_similarity": positives[:, off_diagonal].mean(),
+                "queue_filled": self.queue.filled.float(),
+                **view_false_negative_diagnostics(columns.ids, ids, found, layout.positive, layout.mask, targets.target,
+                                                  self.diagnostic_labels),
+            }
+        return StepOutput(loss, metrics)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA update, then the block's view entries into the memory (and first views into the bank)."""
+        self.target_encoder.update(self.online, self.momentum_at(step, total_steps))
+        if self._pending_block is None:
+            return
+        embeddings, ids, views = self._pending_block
+        self._pending_block = None
+        if self.bank is not None:
+            first = views == 0
+            self.bank.update(embeddings[first], ids[first])
+        self.queue.enqueue(embeddings, ids, views)
+
+
+class FNCOnMoCo(ContrastiveMethod):
+    """FNC on MoCo v2 — this library's adaptation, not the paper's objective
+    (``--variant moco``). ``L = −Σ_j target_ij · log softmax(q_i·Cᵀ/τ)_j`` with
 
     ``score_ij = agg_s(u_is·C_j)`` over queue columns, ``u_i`` the ``S`` momentum
     support embeddings (the key is one), and

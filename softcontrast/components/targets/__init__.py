@@ -16,6 +16,7 @@ from softcontrast.components.targets.refinery import (
     self_labeling_target,
 )
 from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
+from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_targets
 
 __all__ = [
     "FalseNegativeCancellation",
@@ -24,6 +25,7 @@ __all__ = [
     "SimilarityTargets",
     "TargetBuilder",
     "Targets",
+    "ViewFalseNegatives",
     "cancel_false_negatives",
     "confidence_schedule",
     "confidence_weights",
@@ -32,4 +34,5 @@ __all__ = [
     "refined_label",
     "self_labeling_target",
     "similarity_target",
+    "view_fnc_targets",
 ]

@@ -1,0 +1,81 @@
+"""Run with torchrun --nproc_per_node 2: one published-FNC step over view columns, and a short FNC run.
+
+Writes ``<out>/multiview_rank{r}.pt`` (loss, anchor gradients, detected false
+negatives, column ids and the memory after enqueueing, for this rank's half of a
+fixed global batch) and ``<out>/fnc_rank{r}.json`` (a one-epoch FNC run).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.backbones import resnet
+from softcontrast.components.multiview import ViewColumns, ViewMemory
+from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
+from softcontrast.data import ImageTensorDataset
+from softcontrast.methods import FNC
+from softcontrast.training import TrainConfig, Trainer, make_accelerator
+
+IMAGES, VIEWS, DIM, MEMORY = 6, 3, 4, 20
+
+
+def global_problem():
+    """Anchors and momentum embeddings ``G×V×D``, ids, and a memory holding 14 older entries."""
+    generator = torch.Generator().manual_seed(0)
+    anchors = F.normalize(torch.randn(IMAGES, VIEWS, DIM, generator=generator), dim=-1)
+    momentum = F.normalize(torch.randn(IMAGES, VIEWS, DIM, generator=generator), dim=-1)
+    ids = torch.arange(IMAGES) + 3
+    memory = ViewMemory(MEMORY, DIM)
+    memory.enqueue(F.normalize(torch.randn(14, DIM, generator=generator), dim=-1),
+                   torch.randint(0, 12, (14,), generator=generator), torch.randint(0, VIEWS, (14,), generator=generator))
+    return anchors, momentum, ids, memory
+
+
+def fnc_step(rows: slice, strategy: str) -> dict:
+    """Loss, anchor gradient, ``F_i`` and memory after the step, for the images ``rows``."""
+    anchors, momentum, ids, memory = global_problem()
+    anchors = anchors[rows].clone().requires_grad_()
+    momentum, ids = momentum[rows], ids[rows]
+    builder = ViewFalseNegatives(top_k=5, threshold=0.0, strategy=strategy)
+    columns = ViewColumns.build(momentum, ids, memory)
+    found = builder.false_negatives(columns, momentum, ids)
+    layout = columns.layout(ids.repeat_interleave(VIEWS), columns.own_columns(ids.shape[0]))
+    targets = builder(columns, layout, found.repeat_interleave(VIEWS, dim=0))
+    loss = view_fnc_loss(anchors.reshape(-1, DIM), columns, targets, temperature=0.1)
+    loss.backward()
+    memory.enqueue(*columns.block_entries())
+    return {"loss": loss.detach(), "grad": anchors.grad, "found": found, "column_ids": columns.ids,
+            **{f"memory.{k}": v for k, v in memory.state_dict().items()}}
+
+
+def main(out: Path) -> None:
+    accelerator = Accelerator(cpu=True)
+    rank = accelerator.process_index
+    half = IMAGES // 2
+    result = {strategy: fnc_step(slice(rank * half, (rank + 1) * half), strategy) for strategy in ("attract", "eliminate")}
+    torch.save(result, out / f"multiview_rank{rank}.pt")
+    del accelerator
+
+    torch.manual_seed(0)
+    data = ImageTensorDataset(
+        torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+        torch.arange(32) % 4,
+        ["a", "b", "c", "d"],
+    )
+    method = FNC(resnet("resnet18", width=4), support_views=1, memory_size=60, threshold=0.0,
+                 view=for_image_size(moco_v2_cifar(), 16))
+    config = TrainConfig(epochs=1, batch_size=4, output_dir=str(out / "run"), log_every=1)
+    result = Trainer(method, config, make_accelerator(cpu=True)).fit(data)
+    (out / f"fnc_rank{rank}.json").write_text(json.dumps({
+        "losses": [float(loss) for loss in result.losses], "memory_ids": method.queue.ids.tolist(),
+        "memory_views": method.queue.views.tolist(),
+    }))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,269 @@
+"""FNC as published: the multi-view objective against plain loops, its invariants, the method."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.backbones import resnet
+from softcontrast.components.bank import EmbeddingBank
+from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.multiview import ViewColumns, ViewMemory
+from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
+from softcontrast.methods import FNC, FNCOnMoCo
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def unit(*shape, generator, dtype=torch.float32):
+    return F.normalize(torch.randn(*shape, generator=generator, dtype=dtype), dim=-1)
+
+
+def step(seed, images, views, fill, capacity, dim=4, own_copies=0, dtype=torch.float32):
+    """Anchors ``B×V×D``, momentum ``B×V×D``, ids and a memory whose ids collide with the batch."""
+    generator = torch.Generator().manual_seed(seed)
+    anchors = unit(images, views, dim, generator=generator, dtype=dtype)
+    momentum = unit(images, views, dim, generator=generator, dtype=dtype)
+    ids = torch.arange(images) * 2
+    memory = ViewMemory(capacity, dim).to(dtype)
+    if fill:
+        memory.enqueue(unit(fill, dim, generator=generator, dtype=dtype),
+                       torch.randint(0, 2 * images + 3, (fill,), generator=generator),
+                       torch.randint(0, views, (fill,), generator=generator))
+    if own_copies:  # exact copies of the batch's own views, under their own ids: never false negatives
+        rows = torch.arange(own_copies) % images
+        memory.enqueue(momentum[rows, 0], ids[rows], torch.zeros(own_copies, dtype=torch.long))
+    return anchors, momentum, ids, memory
+
+
+def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0):
+    images, views, dim = anchors.shape
+    columns = ViewColumns.build(momentum, ids, memory)
+    found = builder.false_negatives(columns, momentum, ids)
+    layout = columns.layout(ids.repeat_interleave(views), columns.own_columns(images))
+    targets = builder(columns, layout, found.repeat_interleave(views, dim=0))
+    loss = view_fnc_loss(anchors.reshape(images * views, dim), columns, targets, temperature, scale)
+    return loss, columns, found, layout, targets
+
+
+def loop_loss(anchors, momentum, ids, memory, top_k, threshold, strategy, temperature, aggregation="max"):
+    """DESIGN's equations with plain Python loops."""
+    images, views, _ = anchors.shape
+    columns = [(momentum[g, v], int(ids[g]), ("block", g, v)) for g in range(images) for v in range(views)]
+    columns += [(memory.embeddings[m], int(memory.ids[m]), ("memory", m)) for m in range(memory.capacity)]
+    total = 0.0
+    for i in range(images):
+        scores = []
+        for n, (c, column_id, _) in enumerate(columns):
+            if column_id == int(ids[i]) or column_id == -1:
+                continue
+            per_view = [float(momentum[i, v] @ c) for v in range(views)]
+            scores.append((max(per_view) if aggregation == "max" else sum(per_view) / views, n))
+        scores.sort(reverse=True)
+        found = {n for score, n in scores[:top_k] if score > threshold}
+        for a in range(views):
+            own = i * views + a
+            s = {n: float(anchors[i, a] @ c) / temperature for n, (c, _, _) in enumerate(columns)}
+            positives = [n for n, (_, cid, where) in enumerate(columns)
+                         if where[0] == "block" and cid == int(ids[i]) and n != own]
+            allowed = [n for n, (_, cid, where) in enumerate(columns)
+                       if n != own and cid != -1 and not (where[0] == "memory" and cid == int(ids[i]))]
+            if strategy == "eliminate":
+                allowed = [n for n in allowed if n not in found]
+                pulled = positives
+            else:
+                pulled = positives + sorted(found)
+            lse = math.log(sum(math.exp(s[n]) for n in allowed))
+            total += lse - sum(s[n] for n in pulled) / len(pulled)
+    return 2.0 / views * total / images
+
+
+@pytest.mark.parametrize("strategy", ["attract", "eliminate"])
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_loss_equals_the_equations_in_plain_loops_in_float64(strategy, aggregation):
+    anchors, momentum, ids, memory = step(seed=7, images=3, views=3, fill=4, capacity=6, own_copies=2,
+                                          dtype=torch.float64)
+    assert memory.filled == 6 and (memory.ids == ids[0]).any()
+    threshold = -0.05
+    builder = ViewFalseNegatives(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation)
+    loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1)
+    expected = loop_loss(anchors, momentum, ids, memory, 4, threshold, strategy, 0.1, aggregation)
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - expected) < 1e-10
+    assert 0 < found.sum() < found.numel()  # the case detects some but not all columns
+
+
+def aggregated(momentum, columns, aggregation):
+    per_view = torch.einsum("bvd,nd->bvn", momentum, columns.embeddings)
+    return per_view.amax(dim=1) if aggregation == "max" else per_view.mean(dim=1)
+
+
+steps = st.builds(step, seed=st.integers(0, 10_000), images=st.integers(1, 4), views=st.integers(2, 4),
+                  fill=st.integers(0, 12), capacity=st.integers(12, 16), own_copies=st.integers(0, 3))
+settings_ = settings(max_examples=40, deadline=None)
+
+
+@settings_
+@given(case=steps, top_k=st.integers(1, 8), threshold=st.floats(-1.0, 1.0),
+       aggregation=st.sampled_from(["max", "mean"]))
+def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, top_k, threshold, aggregation):
+    anchors, momentum, ids, memory = case
+    builder = ViewFalseNegatives(top_k, threshold, aggregation=aggregation)
+    columns = ViewColumns.build(momentum, ids, memory)
+    found = builder.false_negatives(columns, momentum, ids)
+    own_or_empty = (columns.ids[None, :] == ids[:, None]) | (columns.ids == -1)[None, :]
+    assert not (found & own_or_empty).any()
+    assert (found.sum(dim=1) <= top_k).all()
+    scores = aggregated(momentum, columns, aggregation)
+    assert (scores[found] > threshold - 1e-6).all()
+    for row in range(ids.shape[0]):
+        above = ~own_or_empty[row] & (scores[row] > threshold + 1e-5)
+        assert found[row].sum() >= min(top_k, int(above.sum()))
+        if found[row].any():
+            assert (scores[row][above & ~found[row]] <= scores[row][found[row]].min() + 1e-5).all()
+
+
+@settings_
+@given(case=steps, top_k=st.integers(1, 8), threshold=st.floats(-1.0, 1.0),
+       strategy=st.sampled_from(["attract", "eliminate"]))
+def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, top_k, threshold, strategy):
+    anchors, momentum, ids, memory = case
+    builder = ViewFalseNegatives(top_k, threshold, strategy=strategy)
+    loss, columns, found, layout, targets = library_loss(anchors, momentum, ids, memory, builder, 0.1)
+    views = anchors.shape[1]
+    rows = torch.arange(ids.shape[0] * views)
+    assert targets.mask[rows, layout.own].all() and (targets.target[rows, layout.own] == 0).all()
+    assert (layout.positive.sum(dim=1) == views - 1).all()
+    row_found = found.repeat_interleave(views, dim=0)
+    members = layout.positive | (row_found if strategy == "attract" else torch.zeros_like(row_found))
+    torch.testing.assert_close(targets.target, members.float() / members.sum(dim=1, keepdim=True))
+    if strategy == "eliminate":
+        assert torch.equal(targets.mask, layout.mask | row_found)
+    else:
+        assert torch.equal(targets.mask, layout.mask)
+    assert not (targets.target.bool() & targets.mask).any()
+    assert torch.isfinite(loss)
+
+
+@settings_
+@given(seed=st.integers(0, 10_000), images=st.integers(1, 5), strategy=st.sampled_from(["attract", "eliminate"]),
+       temperature=st.floats(0.05, 1.0))
+def test_without_support_views_or_memory_it_is_multi_positive_infonce_over_the_views(seed, images, strategy,
+                                                                                     temperature):
+    anchors, momentum, ids, _ = step(seed, images, views=2, fill=0, capacity=0)
+    builder = ViewFalseNegatives(threshold=1.0, strategy=strategy)  # no cosine exceeds 1: nothing detected
+    loss, *_ = library_loss(anchors, momentum, ids, None, builder, temperature, scale=1.0)
+    z, c = anchors.reshape(-1, anchors.shape[-1]), momentum.reshape(-1, momentum.shape[-1])
+    logits = (z @ c.T / temperature).masked_fill(torch.eye(2 * images, dtype=torch.bool), float("-inf"))
+    partner = torch.arange(2 * images) ^ 1  # the other view of the same image
+    expected = F.cross_entropy(logits, partner)
+    torch.testing.assert_close(loss, expected)
+    loss_scaled, *_ = library_loss(anchors, momentum, ids, None, builder, temperature)
+    torch.testing.assert_close(loss_scaled, 2 * expected)
+
+
+def test_bank_detection_counts_images_and_flags_all_their_view_entries():
+    generator = torch.Generator().manual_seed(0)
+    anchors, momentum, ids, memory = step(1, images=2, views=2, fill=6, capacity=6)
+    embeddings = unit(8, 4, generator=generator)
+    bank = EmbeddingBank(num_samples=8, dim=4, backend="torch")
+    bank.update(embeddings, torch.arange(8))
+    columns = ViewColumns.build(momentum, ids, memory)
+    found = ViewFalseNegatives(top_k=1, threshold=-1.0, bank=bank).false_negatives(columns, momentum, ids)
+    scores = torch.einsum("bvd,nd->bvn", momentum, embeddings).amax(dim=1)
+    scores[torch.arange(2), ids] = -2.0
+    for row in range(2):
+        best = int(scores[row].argmax())
+        assert torch.equal(found[row], columns.ids == best)
+    assert found.any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [({"support_views": -1}, "--support-views"), ({"top_k": 0}, "--top-k"), ({"threshold": 1.5}, "--threshold"),
+     ({"threshold": -1.01}, "--threshold"), ({"memory_size": -1}, "--memory-size"), ({"loss_scale": 0}, "--loss-scale"),
+     ({"strategy": "ignore"}, "strategy"), ({"aggregation": "median"}, "aggregation")],
+)
+def test_bad_settings_name_their_flag(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        FNC(resnet("resnet18", width=4), **kwargs)
+
+
+def test_a_memory_smaller_than_one_block_is_refused():
+    method = FNC(resnet("resnet18", width=4), support_views=2, memory_size=100)
+    method.check_global_batch(25)  # 25 × 4 = 100 entries: fits
+    with pytest.raises(ValueError, match=r"--memory-size.*104"):
+        method.check_global_batch(26)
+    FNC(resnet("resnet18", width=4), memory_size=0).check_global_batch(1000)  # no memory
+    with pytest.raises(ValueError, match="smaller than one block"):
+        ViewMemory(3, 2).enqueue(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+def test_published_defaults():
+    method = FNC(resnet("resnet18", width=4))
+    assert method.num_views == 10 and method.temperature == 0.1 and method.momentum == 0.999
+    assert method.loss_scale == 2.0 and method.queue.capacity == 4096
+    builder = method.target_builder
+    assert (builder.top_k, builder.threshold, builder.strategy, builder.aggregation) == (10, 0.7, "attract", "max")
+
+
+@pytest.mark.parametrize("strategy", ["attract", "eliminate"])
+def test_training_steps_fill_the_memory_with_view_entries_and_report_distinct_images(strategy):
+    torch.manual_seed(0)
+    view = for_image_size(moco_v2_cifar(), 16)
+    method = FNC(resnet("resnet18", width=4), support_views=1, top_k=4, threshold=-1.0, memory_size=30,
+                 strategy=strategy, view=view)
+    method.set_diagnostic_labels(torch.arange(16) % 2)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01)
+    for index in range(3):
+        ids = torch.arange(8) + 8 * (index % 2)
+        output = method(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), ids)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.after_optimizer_step(index, 3)
+    assert torch.isfinite(output.loss)
+    assert method.queue.filled == 30 and set(method.queue.views.tolist()) == {0, 1, 2}
+    assert "queue.embeddings" in method.state_dict() and "queue.views" in method.state_dict()
+    metrics = output.metrics
+    # threshold -1: top_k = 4 view entries of other images; 3 views each, so 2 to 4 distinct images
+    assert 2 <= metrics["false_negatives_per_row"] <= 4
+    assert 0 <= metrics["cancelled_precision"] <= 1 and 0 <= metrics["same_class_negatives"] <= 1
+    assert (metrics["same_class_target_mass"] == 0) == (strategy == "eliminate")
+
+
+def test_example_reports_a_memory_smaller_than_one_block_in_one_line(tmp_path):
+    command = [sys.executable, str(EXAMPLES / "fnc.py"), "--epochs", "1", "--output-dir", str(tmp_path),
+               "--memory-size", "100"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    assert "--memory-size" in completed.stderr.strip().splitlines()[-1] and "Traceback" not in completed.stderr
+
+
+def test_example_variants_build_the_published_objective_or_the_moco_adaptation():
+    spec = importlib.util.spec_from_file_location("example_fnc", EXAMPLES / "fnc.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = Namespace(dataset="digits", view_size=16, crop_min_scale=None, flip_p=None, projector_hidden=32,
+                     projector_out=16, support_views=None, memory_size=None, top_k=10, threshold=0.7,
+                     strategy="eliminate", aggregation="max", search_backend="torch", tau=None, momentum=None,
+                     final_momentum=None, channels_last=False, shuffle_bn=False, split_bn_groups=8,
+                     batch_size=32, queue_size=64, symmetric=False, loss_scale=2.0, variant="paper")
+    paper = example.make_method(resnet("resnet18", width=4), args)
+    assert type(paper) is FNC and paper.num_views == 10 and paper.queue.capacity == 16 * 32
+    assert (paper.temperature, paper.momentum) == (0.1, 0.999)
+    moco = example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco"}))
+    assert type(moco) is FNCOnMoCo and moco.support_views == 4 and moco.queue.capacity == 64
+    assert (moco.temperature, moco.momentum) == (0.2, 0.99)
+    with pytest.raises(ValueError, match="support_views"):
+        example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco",
+                                                                       "support_views": 0}))

@@ -1,0 +1,184 @@
+"""The multi-view mechanism: views, view columns, the memory of view entries, SCE multi-crop, 2 processes."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak, to_float
+from softcontrast.components.backbones import resnet
+from softcontrast.components.columns import LogitColumns
+from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.multiview import MultiViewAugment, SmallCrops, ViewColumns, ViewMemory, embed_views
+from softcontrast.methods import SCE
+
+SCRIPT = Path(__file__).parent / "distributed" / "multiview_two_process.py"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_views_have_their_own_sizes_and_same_size_views_share_one_encoder_call():
+    recipes = [for_image_size(moco_v2_cifar(), 16)] * 2 + [for_image_size(moco_v2_cifar(), 8)] * 3
+    views = MultiViewAugment(recipes)(torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8))
+    assert [v.shape[-1] for v in views] == [16, 16, 8, 8, 8]
+    calls = []
+
+    def encode(x):
+        calls.append(x.shape[0])
+        return x.mean(dim=(2, 3))
+
+    embedded = embed_views(encode, views)
+    assert calls == [10, 15] and embedded.shape == (5, 5, 3)
+    for index, view in enumerate(views):
+        torch.testing.assert_close(embedded[index], view.mean(dim=(2, 3)))
+
+
+def test_memory_wraps_blocks_that_do_not_divide_it_and_is_in_the_state_dict():
+    memory = ViewMemory(capacity=10, dim=2)
+    for step in range(3):  # blocks of 4 view entries: 4, 8, then 2 at the end and 2 at the start
+        ids = torch.arange(4) + 10 * step
+        memory.enqueue(torch.full((4, 2), float(step)), ids, torch.arange(4) % 2)
+    assert memory.ids.tolist() == [22, 23, 2, 3, 10, 11, 12, 13, 20, 21]
+    assert memory.views.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    assert memory.pointer == 2 and memory.filled == 10
+    assert {"embeddings", "ids", "views", "pointer", "filled"} <= set(memory.state_dict())
+    empty = ViewMemory(capacity=0, dim=2)
+    empty.enqueue(torch.zeros(4, 2), torch.arange(4), torch.arange(4))
+    assert empty.filled == 0
+
+
+def test_layout_masks_the_own_column_empty_slots_and_older_entries_of_the_same_image():
+    momentum = F.normalize(torch.randn(2, 3, 4), dim=-1)
+    ids = torch.tensor([5, 7])
+    memory = ViewMemory(capacity=4, dim=4)
+    memory.enqueue(torch.randn(3, 4), torch.tensor([5, 9, 7]), torch.tensor([0, 1, 2]))
+    columns = ViewColumns.build(momentum, ids, memory)
+    assert columns.ids.tolist() == [5, 5, 5, 7, 7, 7, 5, 9, 7, -1]
+    assert columns.views.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, -1]
+    own = columns.own_columns(2)
+    layout = columns.layout(ids.repeat_interleave(3), own)
+    assert own.tolist() == [0, 1, 2, 3, 4, 5]
+    assert layout.positive[0].nonzero().flatten().tolist() == [1, 2]
+    assert layout.positive[4].nonzero().flatten().tolist() == [3, 5]
+    assert layout.mask[0].nonzero().flatten().tolist() == [0, 6, 9]
+    assert layout.mask[4].nonzero().flatten().tolist() == [4, 8, 9]
+    crops = columns.layout(ids, torch.full((2,), -1))  # anchors that are no column: every view is positive
+    assert crops.positive[0].nonzero().flatten().tolist() == [0, 1, 2]
+
+
+def small_sce(small_crops=None):
+    torch.manual_seed(0)
+    return SCE(resnet("resnet18", width=4), queue_size=32, query_view=sce_strong(16), key_view=sce_weak(16),
+               small_crops=small_crops)
+
+
+def warm(method, images):
+    """One step and enqueue, so the next step's target has similarity mass."""
+    method(images, torch.arange(8) + 100).loss.backward()
+    method.after_optimizer_step(0, 2)
+
+
+def reference_contrast(method, images, ids):
+    """The two-view SCE step recomputed from its components (the step before multi-crop existed)."""
+    x = to_float(images)
+    query_views, key_views = method.query_augment(x), method.key_augment(x)
+    keys = method.target_encoder(key_views)
+    columns = LogitColumns.build(keys, ids, method.queue)
+    targets = method.target_builder(columns)
+    query = method.online(query_views)
+    return columns, targets, soft_cross_entropy(columns.scores(query) / method.temperature, targets.target,
+                                                targets.mask)
+
+
+def test_sce_without_small_crops_is_the_two_view_step():
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    method = small_sce()
+    warm(method, images)
+    torch.manual_seed(5)
+    loss = method(images, torch.arange(8)).loss
+    torch.manual_seed(5)
+    _, _, expected = reference_contrast(method, images, torch.arange(8))
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, expected)
+
+
+def test_each_small_crop_is_a_query_with_its_images_target_against_the_same_columns():
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    crop_recipe = for_image_size(sce_strong(), 8)
+    method = small_sce(SmallCrops(3, crop_recipe))
+    warm(method, images)
+    torch.manual_seed(5)
+    loss = method(images, torch.arange(8)).loss
+    torch.manual_seed(5)
+    columns, targets, query_loss = reference_contrast(method, images, torch.arange(8))
+    crops = [method.small_crops.augment.augments[0](to_float(images)) for _ in range(3)]
+    assert crops[0].shape[-1] == 8
+    crop_embeddings = method.online(torch.cat(crops)).reshape(3, 8, -1)
+    crop_losses = [soft_cross_entropy(columns.scores(z) / method.temperature, targets.target, targets.mask)
+                   for z in crop_embeddings]
+    torch.testing.assert_close(loss, (query_loss + sum(crop_losses)) / 4)
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_crop_flags_build_crops_of_the_query_recipe_and_refuse_bad_values():
+    sce = load_example("sce")
+    args = Namespace(small_crops=6, small_crop_size=None, small_crop_scale=(0.05, 0.14), view_size=224)
+    crops = sce.small_crops_of(args, sce_strong(224))
+    assert crops.count == 6 and crops.augment.recipes[0].size == 96
+    assert crops.augment.recipes[0].crop_scale == (0.05, 0.14)
+    assert sce.small_crops_of(Namespace(**{**vars(args), "small_crops": 0}), sce_strong()) is None
+    with pytest.raises(ValueError, match="--small-crops"):
+        sce.small_crops_of(Namespace(**{**vars(args), "small_crops": -1}), sce_strong())
+    with pytest.raises(ValueError, match="--small-crop-scale"):
+        sce.small_crops_of(Namespace(**{**vars(args), "small_crop_scale": (0.5, 0.2)}), sce_strong())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(SCRIPT), str(tmp_path)]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from multiview_two_process import IMAGES, fnc_step
+
+    ranks = [torch.load(tmp_path / f"multiview_rank{rank}.pt") for rank in range(2)]
+    for strategy in ("attract", "eliminate"):
+        single = fnc_step(slice(None), strategy)
+        parts = [ranks[rank][strategy] for rank in range(2)]
+        # the processes' losses average (as their gradients do) to the one-process loss
+        torch.testing.assert_close((parts[0]["loss"] + parts[1]["loss"]) / 2, single["loss"])
+        torch.testing.assert_close(torch.cat([p["grad"] for p in parts]) / 2, single["grad"])
+        assert torch.equal(torch.cat([p["found"] for p in parts]), single["found"])
+        assert single["found"].any() and not single["found"].all()
+        for part in parts:
+            assert torch.equal(part["column_ids"], single["column_ids"])
+            for key in ("memory.embeddings", "memory.ids", "memory.views", "memory.pointer", "memory.filled"):
+                torch.testing.assert_close(part[key], single[key])
+    assert single["memory.filled"] == 20 and IMAGES == 6
+
+    runs = [json.loads((tmp_path / f"fnc_rank{rank}.json").read_text()) for rank in range(2)]
+    assert runs[0]["memory_ids"] == runs[1]["memory_ids"] and runs[0]["memory_views"] == runs[1]["memory_views"]
+    assert sorted(set(runs[0]["memory_views"])) == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(run["losses"])).all() for run in runs)
