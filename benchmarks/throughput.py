@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -40,9 +41,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import psutil
@@ -50,7 +52,14 @@ import torch
 from torch import Tensor, nn
 
 import softcontrast
-from softcontrast.components.augment import CIFAR_MEAN, CIFAR_STD, moco_v2_cifar, sce_strong, sce_weak, to_float
+from softcontrast.components.augment import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    moco_v2_cifar,
+    sce_strong,
+    sce_weak,
+    to_float,
+)
 from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
@@ -169,7 +178,7 @@ class Contender:
     """One training recipe: ``step()`` runs one optimizer step, data included."""
 
     name: str
-    worker_pids: list[int] = []
+    worker_pids: tuple[int, ...] = ()
 
     def step(self) -> None:
         raise NotImplementedError
@@ -212,7 +221,7 @@ class LightlyMoCo(Contender):
         before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.batches = cycle(lambda epoch: iter(self.loader))
         self._next = next(self.batches)  # starts the workers
-        self.worker_pids = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        self.worker_pids = tuple(p.pid for p in psutil.Process().children(recursive=True) if p.pid not in before)
 
     def _input(self, views: Tensor) -> Tensor:
         views = views.to(self.settings.device, non_blocking=True)
@@ -243,7 +252,7 @@ class LightlyMoCo(Contender):
 def build_method(name: str, settings: Settings) -> ContrastiveMethod:
     """Our method ``name`` with the shared backbone, queue and momentum."""
     backbone = resnet("resnet18", cifar_stem=True, width=settings.width)
-    common = dict(queue_size=settings.queue_size, momentum=settings.ema, channels_last=settings.channels_last)
+    common = {"queue_size": settings.queue_size, "momentum": settings.ema, "channels_last": settings.channels_last}
     if name == "moco":
         return MoCoV2(backbone, view=moco_v2_cifar(), temperature=settings.temperature, **common)
     if name == "sce":
@@ -334,18 +343,19 @@ def step_breakdown(ours: Ours, steps: int) -> dict[str, Any] | None:
     device = ours.settings.device
     wall = {s: 0.0 for s in SEGMENTS}
     cpu = {s: 0.0 for s in SEGMENTS}
+    last = [0.0, 0.0]
+
+    def clock(segment: str) -> None:
+        synchronize(device)
+        now = [time.perf_counter(), time.process_time()]
+        wall[segment] += now[0] - last[0]
+        cpu[segment] += now[1] - last[1]
+        last[:] = now
+
     for _ in range(steps):
         images, ids = next(ours.batches)
         synchronize(device)
-        last = [time.perf_counter(), time.process_time()]
-
-        def clock(segment: str) -> None:
-            synchronize(device)
-            now = [time.perf_counter(), time.process_time()]
-            wall[segment] += now[0] - last[0]
-            cpu[segment] += now[1] - last[1]
-            last[:] = now
-
+        last[:] = [time.perf_counter(), time.process_time()]
         timed_step(ours, images, ids, clock)
     return {
         "ms": {s: round(1000 * wall[s] / steps, 2) for s in SEGMENTS},
@@ -378,7 +388,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def workers_cpu(pids: list[int]) -> float:
+def workers_cpu(pids: tuple[int, ...]) -> float:
     """User + system CPU-seconds of the given (live) processes."""
     total = 0.0
     for pid in pids:
@@ -390,7 +400,7 @@ def workers_cpu(pids: list[int]) -> float:
     return total
 
 
-def workers_uss_mb(pids: list[int]) -> float:
+def workers_uss_mb(pids: tuple[int, ...]) -> float:
     total = 0
     for pid in pids:
         try:
@@ -400,7 +410,7 @@ def workers_uss_mb(pids: list[int]) -> float:
     return round(total / 2**20, 1)
 
 
-def wait_idle(pids: list[int], timeout: float = 60.0) -> None:
+def wait_idle(pids: tuple[int, ...], timeout: float = 60.0) -> None:
     """Waits until loader workers stop using CPU (their prefetch queue is full)."""
     if not pids:
         return
@@ -448,7 +458,7 @@ def run_config(contenders: list[Contender], settings: Settings, rounds: int, ste
         mine = record[contender.name]
         wait_idle(contender.worker_pids)
         starts = mine.pop("worker_starts") + [workers_cpu(contender.worker_pids)]
-        mine["worker_cpu"] = [b - a for a, b in zip(starts, starts[1:])]
+        mine["worker_cpu"] = [b - a for a, b in itertools.pairwise(starts)]
     return record
 
 
@@ -577,10 +587,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
     device = m.get("gpu") or f"{m['cpu']}, {m['cpu_cores']} cores"
     lines = [
-        f"Device: {device} ({m['device']}); torch threads {m['torch_threads']}, lightly loader workers "
-        f"{m['lightly_loader_workers']}; load average at start {', '.join(map(str, m['load_average_at_start']))}.",
-        f"Settings: ResNet-18 (CIFAR stem), batch {s['batch_size']}, queue {s['queue_size']}, "
-        f"{s['subset']} images, {s['rounds']} interleaved rounds of {s['steps']} steps per contender.",
+        (f"Device: {device} ({m['device']}); torch threads {m['torch_threads']}, lightly loader workers "
+        f"{m['lightly_loader_workers']}; load average at start {', '.join(map(str, m['load_average_at_start']))}."),
+        (f"Settings: ResNet-18 (CIFAR stem), batch {s['batch_size']}, queue {s['queue_size']}, "
+        f"{s['subset']} images, {s['rounds']} interleaved rounds of {s['steps']} steps per contender."),
         "",
     ]
     if report.get("note"):
@@ -588,8 +598,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     lightly = {(r["width"], r["variant"], r["precision"]): r for r in report["results"] if r["contender"] == LIGHTLY}
     ours = {(r["width"], r["variant"], r["precision"], r["contender"]): r for r in report["results"]}
     lines += [
-        "| width | variant | precision | method | ours / lightly per CPU-s | ours / lightly wall | "
-        "ours img/CPU-s | lightly img/CPU-s | ours img/s | lightly img/s | peak MB ours / lightly |",
+        ("| width | variant | precision | method | ours / lightly per CPU-s | ours / lightly wall | "
+        "ours img/CPU-s | lightly img/CPU-s | ours img/s | lightly img/s | peak MB ours / lightly |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["ratios"]:
@@ -719,7 +729,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    log = lambda text: print(text, flush=True)  # noqa: E731
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
     with tempfile.TemporaryDirectory() as scratch:
         data = load_images(args, Path(scratch))
     args.subset = len(data)

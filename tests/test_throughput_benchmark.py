@@ -22,9 +22,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def tiny_settings(**changes) -> throughput.Settings:
-    values = dict(width=2, variant="eager", batch_size=16, queue_size=32, lr=0.06, weight_decay=5e-4,
-                  sgd_momentum=0.9, ema=0.99, temperature=0.2, precision="fp32", device=torch.device("cpu"),
-                  seed=0, search_backend="torch")
+    values = {"width": 2, "variant": "eager", "batch_size": 16, "queue_size": 32, "lr": 0.06, "weight_decay": 5e-4,
+              "sgd_momentum": 0.9, "ema": 0.99, "temperature": 0.2, "precision": "fp32",
+              "device": torch.device("cpu"), "seed": 0, "search_backend": "torch"}
     return throughput.Settings(**(values | changes))
 
 
