@@ -593,6 +593,12 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{s['subset']} images, {s['rounds']} interleaved rounds of {s['steps']} steps per contender."),
         "",
     ]
+    if m["device"] == "cpu":
+        lines += ["Images per CPU-second (this process, plus lightly's loader workers) is the figure that holds on a "
+                  "shared CPU; wall-clock images/s depend on what other processes ran meanwhile. Peak MB is the "
+                  "process RSS, shared by all contenders of a configuration.", ""]
+    if report.get("stopped"):
+        lines += [f"Stopped early: {report['stopped']}", ""]
     if report.get("note"):
         lines += [f"!!! note \"GPU\"\n    {report['note']}", ""]
     lightly = {(r["width"], r["variant"], r["precision"]): r for r in report["results"] if r["contender"] == LIGHTLY}
@@ -658,6 +664,10 @@ def write_report(args: argparse.Namespace, results: list[dict], breakdowns: list
             "temperature": args.temperature, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
             "compile_warmup": args.compile_warmup, "breakdown_steps": args.breakdown_steps,
             "search_backend": args.search_backend, "seed": args.seed,
+            "data_paths": {
+                LIGHTLY: f"DataLoader, {args.workers} workers, MoCoV2Transform per PIL image (no blur)",
+                "ours": "uint8 images resident on the device, both views made there in one batched pass",
+            },
         },
         "command": args.command,
         "ratios": ratios(results),
