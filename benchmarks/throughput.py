@@ -556,7 +556,7 @@ def machine(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch_threads": threads,
         "lightly_loader_workers": workers,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_when_written": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(terse=True),
     }
     if device.type == "cuda":
@@ -588,7 +588,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     device = m.get("gpu") or f"{m['cpu']}, {m['cpu_cores']} cores"
     lines = [
         (f"Device: {device} ({m['device']}); torch threads {m['torch_threads']}, lightly loader workers "
-        f"{m['lightly_loader_workers']}; load average at start {', '.join(map(str, m['load_average_at_start']))}."),
+        f"{m['lightly_loader_workers']}; load average (1, 5, 15 min) when written {', '.join(map(str, m['load_average_when_written']))}."),
         (f"Settings: ResNet-18 (CIFAR stem), batch {s['batch_size']}, queue {s['queue_size']}, "
         f"{s['subset']} images, {s['rounds']} interleaved rounds of {s['steps']} steps per contender."),
         "",
