@@ -1,5 +1,7 @@
 """Device views against torchvision.transforms.v2.functional, image by image."""
 
+import itertools
+
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -7,7 +9,10 @@ from torchvision.transforms.v2 import functional as TF
 from softcontrast.components.augment import (
     BatchAugment,
     ViewRecipe,
+    adjust_hue,
     apply_view,
+    color_jitter,
+    device_constant,
     imagenet_strong,
     moco_v2_cifar,
     sample_crop_boxes,
@@ -87,3 +92,46 @@ def test_bad_recipe_values_are_rejected():
         ViewRecipe(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="flip_p"):
         ViewRecipe(flip_p=1.5)
+
+
+def test_hue_rotation_matches_torchvision_on_gray_primary_and_clipped_pixels():
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand(8, 3, 6, 6, generator=generator)
+    images[:, :, 0, 0] = 0.5  # gray: no chroma
+    images[:, :, 0, 1] = torch.tensor([1.0, 0.0, 0.0])  # primaries and ties between channels
+    images[:, :, 0, 2] = torch.tensor([0.0, 1.0, 1.0])
+    images[:, :, 0, 3] = torch.tensor([0.2, 0.2, 0.9])
+    images[:, :, 0, 4] = 0.0
+    images[:, :, 0, 5] = 1.0
+    shifts = torch.tensor([-0.5, -0.3, -0.1, 0.0, 0.05, 0.25, 0.4, 0.5])
+    rotated = adjust_hue(images, shifts)
+    for i, shift in enumerate(shifts.tolist()):
+        torch.testing.assert_close(rotated[i], TF.adjust_hue(images[i], shift), atol=2e-5, rtol=1e-5)
+
+
+def test_fused_jitter_equals_the_four_operations_in_each_samples_order():
+    """Every one of the 24 orders, with and without jitter, against torchvision op by op."""
+    orders = torch.tensor(list(itertools.permutations(range(4)))).repeat(2, 1)
+    batch = orders.shape[0]
+    generator = torch.Generator().manual_seed(7)
+    images = torch.rand(batch, 3, 8, 8, generator=generator)
+    apply = torch.arange(batch) < 24
+    factors = torch.cat([torch.rand(batch, 3, generator=generator) * 1.2 + 0.4,
+                         torch.rand(batch, 1, generator=generator) - 0.5], dim=1)
+    jittered = color_jitter(images, apply, factors, orders)
+    for i in range(batch):
+        expected = images[i]
+        for op in orders[i].tolist() if apply[i] else []:
+            expected = JITTER_REFERENCE[op](expected, factors[i, op].item())
+        torch.testing.assert_close(jittered[i], expected, atol=2e-5, rtol=1e-5, msg=f"sample {i}")
+
+
+def test_device_constants_are_made_once_and_usable_outside_inference_mode():
+    with torch.inference_mode():
+        made = device_constant((0.25, 0.5), "cpu")
+    assert device_constant((0.25, 0.5), "cpu") is made
+    assert not made.is_inference()
+    assert device_constant((0.25, 0.5), "cpu", torch.float64).dtype == torch.float64
+    weight = torch.ones(2, requires_grad=True)
+    (weight * made).sum().backward()
+    torch.testing.assert_close(weight.grad, torch.tensor([0.25, 0.5]))

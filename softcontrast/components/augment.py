@@ -151,6 +151,32 @@ class ViewParams:
     solarize: Tensor
 
 
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def device_constant(values: tuple, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A constant tensor made once per ``(values, device, dtype)`` and then reused.
+
+    Copying Python numbers to a GPU waits for the copy, a host synchronisation in
+    every step; the step's constants (crop fallback, hue sectors, normalisation) are
+    therefore made on first use only. Callers must not modify the result in place.
+
+    Args:
+        values: the numbers (a tuple, possibly nested).
+        device: where the tensor lives.
+        dtype: its dtype.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (values, device, dtype)
+    tensor = _CONSTANTS.get(key)
+    if tensor is None:
+        with torch.inference_mode(False):
+            tensor = _CONSTANTS[key] = torch.tensor(values, device=device, dtype=dtype)
+    return tensor
+
+
 def _uniform(low: float, high: float, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
     return torch.rand(n, device=device, generator=generator) * (high - low) + low
 
@@ -194,7 +220,7 @@ def sample_crop_boxes(
     else:
         fw, fh = width, height
     found = fits.any(dim=1)
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=top.dtype)
+    fallback = device_constant(((height - fh) // 2, (width - fw) // 2, fh, fw), device, top.dtype)
     boxes = torch.stack([top, left, h, w], dim=1)
     return torch.where(found[:, None], boxes, fallback).long()
 
@@ -295,50 +321,37 @@ def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
     return _blend(images, grayscale(images), _per_sample(factor))
 
 
-def _rgb_to_hsv(images: Tensor) -> Tensor:
-    r, g, b = images.unbind(dim=1)
-    value, _ = images.max(dim=1)
-    chroma = value - images.min(dim=1).values
-    gray = chroma == 0
-    saturation = chroma / torch.where(gray, torch.ones_like(value), value)
-    safe = torch.where(gray, torch.ones_like(chroma), chroma)
-    rc, gc, bc = (value - r) / safe, (value - g) / safe, (value - b) / safe
-    hue = torch.where(
-        value == r,
-        bc - gc,
-        torch.where(value == g, 2.0 + rc - bc, 4.0 + gc - rc),
-    )
-    hue = torch.where(gray, torch.zeros_like(hue), hue)
-    hue = torch.remainder(hue / 6.0 + 1.0, 1.0)
-    return torch.stack([hue, saturation, value], dim=1)
-
-
-def _hsv_to_rgb(hsv: Tensor) -> Tensor:
-    hue, saturation, value = hsv.unbind(dim=1)
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = sector.long().remainder(6)
-    p = (value * (1.0 - saturation)).clamp(0, 1)
-    q = (value * (1.0 - saturation * fraction)).clamp(0, 1)
-    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0, 1)
-    # Per sector, which of (v, p, q, t) each of r, g, b takes.
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hsv.device)
-    choice = table[:, sector].movedim(0, 1)
-    return torch.stack([value, p, q, t], dim=1).gather(1, choice)
-
-
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
-    """Rotates hue by a per-sample shift in ``[-0.5, 0.5]`` (fraction of a turn)."""
-    hsv = _rgb_to_hsv(images)
-    hue = torch.remainder(hsv[:, 0] + shift[:, None, None], 1.0)
-    return _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+    """Rotates hue by a per-sample shift in ``[-0.5, 0.5]`` (fraction of a turn).
 
-
-JITTER_OPERATIONS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    The HSV round trip in closed form: with ``v = max(r, g, b)``, chroma
+    ``c = v − min(r, g, b)`` and ``h`` the hue in sixths of a turn (shifted by
+    ``6·shift``), channel ``n ∈ (5, 3, 1)`` for ``(r, g, b)`` becomes
+    ``v − c · clamp(min(k, 4 − k), 0, 1)`` with ``k = (n + h) mod 6``. Saturation and
+    value are unchanged, as in the HSV formulation.
+    """
+    r, g, b = images.unbind(dim=1)
+    value = images.amax(dim=1)
+    chroma = value - images.amin(dim=1)
+    safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
+    sixths = torch.where(
+        value == r,
+        (g - b) / safe,
+        torch.where(value == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe),
+    )
+    sixths = sixths + 6.0 * shift.to(images.dtype)[:, None, None]
+    sectors = device_constant((5.0, 3.0, 1.0), images.device, images.dtype)[None, :, None, None]
+    k = torch.remainder(sectors + sixths[:, None], 6.0)
+    return value[:, None] - chroma[:, None] * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
 
 def color_jitter(images: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:
     """Brightness, contrast, saturation and hue, each sample in its own order.
+
+    Brightness, contrast and saturation are all the blend
+    ``clamp(o + f·(x − o), 0, 1)`` with ``o`` black, the mean gray level and the
+    grayscale image respectively, so each of the four positions costs one blend
+    (every sample with its own operation's ``f`` and ``o``) and one hue rotation.
 
     Args:
         images: ``B×3×H×W`` float images in ``[0, 1]``.
@@ -347,9 +360,15 @@ def color_jitter(images: Tensor, apply: Tensor, factors: Tensor, order: Tensor) 
         order: ``B×4`` permutation of ``0..3`` per sample.
     """
     for position in range(4):
-        for index, operation in enumerate(JITTER_OPERATIONS):
-            selected = apply & (order[:, position] == index)
-            images = torch.where(_per_sample(selected), operation(images, factors[:, index]), images)
+        operation = order[:, position]
+        gray = grayscale(images)
+        mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+        other = torch.where(_per_sample(operation == 2), gray, mean * _per_sample(operation == 1).to(images.dtype))
+        blend = apply & (operation != 3)
+        factor = torch.where(blend, factors.gather(1, operation[:, None]).squeeze(1), torch.ones_like(factors[:, 0]))
+        blended = torch.lerp(other.expand_as(images), images, _per_sample(factor.to(images.dtype))).clamp_(0, 1)
+        hued = adjust_hue(images, factors[:, 3])
+        images = torch.where(_per_sample(apply & (operation == 3)), hued, blended)
     return images
 
 
@@ -400,8 +419,8 @@ def apply_view(images: Tensor, params: ViewParams, recipe: ViewRecipe, normalize
 
 def normalize_channels(images: Tensor, recipe: ViewRecipe) -> Tensor:
     """Subtracts ``recipe.mean`` and divides by ``recipe.std`` per channel."""
-    mean = torch.tensor(recipe.mean, device=images.device, dtype=images.dtype)[None, :, None, None]
-    std = torch.tensor(recipe.std, device=images.device, dtype=images.dtype)[None, :, None, None]
+    mean = device_constant(recipe.mean, images.device, images.dtype)[None, :, None, None]
+    std = device_constant(recipe.std, images.device, images.dtype)[None, :, None, None]
     return (images - mean) / std
 
 
