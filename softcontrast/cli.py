@@ -20,6 +20,7 @@ from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.config import ConfigArgumentParser
 from softcontrast.data import load_source
+from softcontrast.evaluation import baseline_knn, random_init_backbone
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
 
@@ -115,11 +116,14 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
     trainer = Trainer(method, config, accelerator, run_config={"method": method_name, **vars(args)})
     result = trainer.fit(splits.train, splits.test)
     if accelerator.is_main_process:
+        baselines = run_baselines(args, splits.train, splits.test, result, method.query_augment.recipe,
+                                  config.knn_temperature, accelerator.device)
         summary = {
             "method": method_name,
             "dataset": args.dataset,
             "epochs_done": result.epochs_done,
             "knn_accuracy": {str(k): round(v, 4) for k, v in result.knn.items()},
+            "baselines": {name: round(v, 4) for name, v in baselines.items()},
             "final_loss": round(result.losses[-1], 4) if result.losses else None,
             "train_seconds": round(result.wall_seconds, 1),
             "images_per_second": round(result.images_per_second, 1),
@@ -127,8 +131,28 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
         for epoch, accuracy in sorted(result.knn.items()):
             label = "random init" if epoch == 0 else f"epoch {epoch}"
             print(f"kNN accuracy ({label}): {100 * accuracy:.2f}%")
+        if "raw_pixels" in baselines:
+            print(f"kNN accuracy (raw pixels, baseline): {100 * baselines['raw_pixels']:.2f}%")
         print(json.dumps(summary))
     return result
+
+
+def run_baselines(args: argparse.Namespace, train, test, result: TrainResult, recipe: ViewRecipe,
+                  temperature: float, device) -> dict[str, float]:
+    """kNN accuracy of the raw pixels and of the random-init network, under the monitor's protocol.
+
+    The random-init accuracy is the run's epoch-0 kNN when this invocation measured it
+    (a fresh start), else the seeded untrained backbone is built and measured. Empty
+    without a test split.
+    """
+    if test is None:
+        return {}
+    if 0 in result.knn:
+        untrained = None
+    else:
+        untrained = random_init_backbone(args.backbone, not args.no_cifar_stem, args.width, args.seed)
+    baselines = baseline_knn(train, test, untrained, recipe, args.knn_k, temperature, device)
+    return {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}
 
 
 def main(method_name: str, factory: MethodFactory, parser: argparse.ArgumentParser,
