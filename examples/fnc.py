@@ -12,7 +12,7 @@ def make_method(backbone, args):
     (view,) = views_of(args, moco_v2_cifar())
     return FNC(
         backbone,
-        projector_for(backbone, args.projector_hidden, args.projector_out),
+        projector_for(backbone, args.projector_hidden, args.projector_out, args.projector_layers),
         support_views=args.support_views,
         top_k=args.top_k,
         threshold=args.threshold,

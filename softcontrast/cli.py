@@ -58,6 +58,7 @@ def build_parser(description: str, **defaults: Any) -> ConfigArgumentParser:
     add("--no-cifar-stem", action="store_true", help="use the ImageNet stem (7×7 conv + max-pool)")
     add("--projector-hidden", type=int, default=512)
     add("--projector-out", type=int, default=128)
+    add("--projector-layers", type=int, default=2, help="linear layers of the projector (1: linear)")
     add("--queue-size", type=int, default=1024)
     add("--momentum", type=float, default=0.99, help="EMA momentum of the key encoder")
     add("--final-momentum", type=float, default=None, help="momentum at the end (cosine schedule)")

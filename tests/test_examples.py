@@ -27,7 +27,12 @@ def test_example_trains_and_reports_knn(script, tmp_path):
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["method"] == script and summary["epochs_done"] == 1
     assert set(summary["knn_accuracy"]) == {"0", "1"}
-    assert "kNN accuracy (random init)" in completed.stdout
+    assert "kNN accuracy (random init)" in completed.stdout and "kNN accuracy (raw pixels, baseline)" in completed.stdout
+    assert set(summary["baselines"]) == {"raw_pixels", "random_init"}
+    assert summary["baselines"]["random_init"] == summary["knn_accuracy"]["0"]
+    assert 0.5 < summary["baselines"]["raw_pixels"] <= 1
+    # Output to a file (not a terminal): one line per epoch, no progress-bar redraws.
+    assert "epoch 1/1: loss" in completed.stdout and "\r" not in completed.stdout + completed.stderr
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert summary["knn_accuracy"]["0"] == pytest.approx(seeded_random_init_knn(), abs=1e-4)
 
