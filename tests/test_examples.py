@@ -42,13 +42,13 @@ def seeded_random_init_knn() -> float:
     set_seed(0)
     splits = load_source("digits")
     backbone = resnet("resnet18", width=8)
-    return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 8))
+    return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 12))
 
 
 def test_view_flags_default_to_no_flip_on_digits_only():
     parser = build_parser("test")
     (digits,) = views_of(parser.parse_args([]), moco_v2_cifar())
-    assert digits.flip_p == 0.0 and digits.crop_scale == (0.5, 1.0) and digits.size == 8
+    assert digits.flip_p == 0.0 and digits.crop_scale == (0.8, 1.0) and digits.size == 12
     (folder,) = views_of(parser.parse_args(["--dataset", "imagefolder:x", "--view-size", "32"]), moco_v2_cifar())
     assert folder.flip_p == 0.5 and folder.crop_scale == (0.2, 1.0) and folder.size == 32
     (chosen,) = views_of(parser.parse_args(["--flip-p", "0.3", "--crop-min-scale", "0.4"]), moco_v2_cifar())
