@@ -85,7 +85,7 @@ def test_raw_pixel_baseline_equals_a_direct_computation():
         expected.append(int(votes.argmax()))
     expected_accuracy = (torch.tensor(expected) == labels[9:]).double().mean().item()
     assert baseline_knn(train, test, k=5, temperature=0.1)["raw_pixels"] == pytest.approx(expected_accuracy)
-    raw_train, raw_test = raw_pixel_features(train, test)
+    _, raw_test = raw_pixel_features(train, test)
     torch.testing.assert_close(raw_test.double(), unit[9:], atol=1e-6, rtol=0)
 
 

@@ -12,9 +12,19 @@ it on a finished run. One concept per module:
 """
 
 from softcontrast.evaluation.baselines import baseline_knn, random_init_backbone
-from softcontrast.evaluation.diagnostics import DIAGNOSTICS, label_diagnostics, last_quarter_means, read_metrics
+from softcontrast.evaluation.diagnostics import (
+    DIAGNOSTICS,
+    label_diagnostics,
+    last_quarter_means,
+    read_metrics,
+)
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
-from softcontrast.evaluation.knn import knn_accuracy, knn_feature_accuracy, knn_predict, knn_sweep
+from softcontrast.evaluation.knn import (
+    knn_accuracy,
+    knn_feature_accuracy,
+    knn_predict,
+    knn_sweep,
+)
 from softcontrast.evaluation.probe import linear_probe_accuracy
 
 __all__ = [

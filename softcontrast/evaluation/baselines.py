@@ -26,8 +26,8 @@ def random_init_backbone(arch: str, cifar_stem: bool, width: int, seed: int) -> 
 
 
 def baseline_knn(
-    train: "ImageTensorDataset | LazyImageFolder",
-    test: "ImageTensorDataset | LazyImageFolder",
+    train: ImageTensorDataset | LazyImageFolder,
+    test: ImageTensorDataset | LazyImageFolder,
     random_init: torch.nn.Module | None = None,
     recipe: ViewRecipe | None = None,
     k: int = 200,

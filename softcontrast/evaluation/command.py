@@ -18,18 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from softcontrast.checkpoints import CHECKPOINT_DIR, RUN_CONFIG, list_checkpoints
-from softcontrast.components.augment import ViewRecipe, for_image_size, moco_v2_cifar, to_float
+from softcontrast.components.augment import (
+    ViewRecipe,
+    for_image_size,
+    moco_v2_cifar,
+    to_float,
+)
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.components.columns import LogitColumns
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation.baselines import random_init_backbone
-from softcontrast.evaluation.diagnostics import DIAGNOSTICS, last_quarter_means, read_metrics
+from softcontrast.evaluation.diagnostics import (
+    DIAGNOSTICS,
+    last_quarter_means,
+    read_metrics,
+)
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
 from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
 from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
 from softcontrast.evaluation.probe import linear_probe_accuracy
+from softcontrast.methods.base import ContrastiveMethod
 
 #: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
 HEADLINE = "k=200,T=0.1"
@@ -85,16 +96,19 @@ def load_backbone(path: str | Path, arch: str, cifar_stem: bool, width: int) -> 
     return backbone
 
 
-def evaluate_features(train_features, train_labels, test_features, test_labels, seed: int) -> dict[str, Any]:
-    """The kNN sweep and the linear probe of one set of frozen features."""
+def evaluate_features(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+                      seed: int) -> dict[str, Any]:
+    """The kNN sweep (:func:`knn_sweep`) and the linear probe of one set of frozen features."""
     return {
         "knn": knn_sweep(train_features, train_labels, test_features, test_labels),
         "linear_probe": linear_probe_accuracy(train_features, train_labels, test_features, test_labels, seed=seed),
     }
 
 
-def neighbour_rows(train, test, train_features, test_features, queries: int = 8, shown: int = 8) -> list:
-    """Gallery rows: the first test image of each class (up to ``queries``) and its nearest training images."""
+def neighbour_rows(train: ImageTensorDataset, test: ImageTensorDataset, train_features: Tensor,
+                   test_features: Tensor, queries: int = 8, shown: int = 8) -> list:
+    """Gallery rows (see :func:`plot_gallery`): the first test image of each class (up to
+    ``queries``) and its ``shown`` nearest training images by cosine of the features."""
     chosen: list[int] = []
     for label in test.labels.unique().tolist():
         chosen.append(int((test.labels == label).nonzero()[0]))
@@ -121,8 +135,8 @@ def _load_example(method_name: str):
 
 
 @torch.no_grad()
-def false_negative_rows(method, train: ImageTensorDataset, seed: int, batch: int = 64, rows: int = 6,
-                        shown: int = 8) -> list:
+def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, seed: int, batch: int = 64,
+                        rows: int = 6, shown: int = 8) -> list:
     """Gallery rows: training queries and the queue images FNC detects as their false negatives.
 
     One training-mode step without an update: the key and support views of a batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ MAX_RAW_PIXEL_SIDE = 64
 
 
 def image_batches(
-    split: "ImageTensorDataset | LazyImageFolder", batch_size: int = 512, num_workers: int = 0, progress: str | None = None
+    split: ImageTensorDataset | LazyImageFolder, batch_size: int = 512, num_workers: int = 0, progress: str | None = None
 ) -> Iterator[Tensor]:
     """The ``uint8`` images of a split in order, ``batch_size`` at a time.
 
@@ -45,7 +45,7 @@ def image_batches(
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
-    split: "ImageTensorDataset | LazyImageFolder",
+    split: ImageTensorDataset | LazyImageFolder,
     recipe: ViewRecipe,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
@@ -76,7 +76,7 @@ def extract_features(
     return torch.cat(features)
 
 
-def _pixels(split: "ImageTensorDataset | LazyImageFolder", side: int | None, num_workers: int) -> Tensor:
+def _pixels(split: ImageTensorDataset | LazyImageFolder, side: int | None, num_workers: int) -> Tensor:
     rows = []
     for images in image_batches(split, 512, num_workers):
         images = to_float(images)
@@ -88,8 +88,8 @@ def _pixels(split: "ImageTensorDataset | LazyImageFolder", side: int | None, num
 
 @torch.no_grad()
 def raw_pixel_features(
-    train: "ImageTensorDataset | LazyImageFolder",
-    test: "ImageTensorDataset | LazyImageFolder",
+    train: ImageTensorDataset | LazyImageFolder,
+    test: ImageTensorDataset | LazyImageFolder,
     num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The raw-pixel baseline's features: centred pixels, L2-normalised.

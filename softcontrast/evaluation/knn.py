@@ -88,8 +88,8 @@ def knn_sweep(
 
 def knn_accuracy(
     backbone: nn.Module,
-    train: "ImageTensorDataset | LazyImageFolder",
-    test: "ImageTensorDataset | LazyImageFolder",
+    train: ImageTensorDataset | LazyImageFolder,
+    test: ImageTensorDataset | LazyImageFolder,
     recipe: ViewRecipe,
     k: int = 200,
     temperature: float = 0.1,
