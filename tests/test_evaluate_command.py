@@ -46,13 +46,13 @@ def test_evaluate_writes_every_field_and_picture(fnc_run):
 
 def test_evaluate_a_bare_backbone_with_its_flags(fnc_run, tmp_path):
     completed = evaluate("--backbone", fnc_run / "backbone.pt", "--dataset", "digits", "--width", 8,
-                         "--train-subset", 128, "--output-dir", tmp_path, "--no-plots")
+                         "--view-size", 12, "--train-subset", 128, "--output-dir", tmp_path, "--no-plots")
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads((tmp_path / "eval.json").read_text())
-    run = json.loads((fnc_run / "eval" / "eval.json").read_text()) if (fnc_run / "eval").is_dir() else None
-    if run is not None:
-        assert report["knn"]["trained"] == run["knn"]["trained"]
-    assert report["plots"] == []
+    assert report["plots"] == [] and report["view_size"] == 12
+    assert evaluate(fnc_run, "--output-dir", tmp_path / "run", "--no-plots").returncode == 0
+    run = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["knn"] == run["knn"] and report["linear_probe"] == run["linear_probe"]
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):

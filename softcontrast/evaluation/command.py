@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --backbone: the run's --backbone architecture")
     ev.add_argument("--width", type=int, default=16, help="with --backbone: the run's --width")
     ev.add_argument("--no-cifar-stem", action="store_true", help="with --backbone: the run's --no-cifar-stem")
-    ev.add_argument("--view-size", type=int, default=16, help="with --backbone: the run's --view-size")
+    ev.add_argument("--view-size", type=int, default=None,
+                    help="with --backbone: the run's --view-size (default: the examples' default for the dataset)")
     ev.add_argument("--seed", type=int, default=0, help="with --backbone: the run's --seed (random-init baseline)")
     ev.add_argument("--output-dir", default=None, help="default: RUN_DIR/eval (or eval/ beside --backbone)")
     ev.add_argument("--no-plots", action="store_true", help="write eval.json only")
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``softcontrast`` console script; user errors exit with one line and status 2."""
-    from softcontrast.cli import USER_ERRORS
+    from softcontrast.cli import DATA_DEFAULTS, USER_ERRORS
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -331,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
         flags = {"dataset": args.dataset, "image_size": args.image_size, "train_subset": args.train_subset,
                  "backbone": args.arch, "width": args.width, "no_cifar_stem": args.no_cifar_stem,
                  "view_size": args.view_size, "seed": args.seed}
+        if flags["view_size"] is None:
+            flags["view_size"] = DATA_DEFAULTS["view_size"][0 if args.dataset == "digits" else 1]
         report = evaluate(args.run_dir, args.backbone_path, flags, args.output_dir, plots=not args.no_plots,
                           progress=sys.stderr.isatty())
     except USER_ERRORS as error:
