@@ -39,7 +39,7 @@ def make_method(backbone, args):
         channels_last=args.channels_last,
         shuffle_bn=shuffle_bn_of(args),
     )
-    projector = projector_for(backbone, args.projector_hidden, args.projector_out)
+    projector = projector_for(backbone, args.projector_hidden, args.projector_out, args.projector_layers)
     if args.variant == "moco":
         return FNCOnMoCo(backbone, projector, queue_size=args.queue_size, symmetric=args.symmetric, **common)
     memory_size = args.memory_size

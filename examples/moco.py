@@ -10,7 +10,7 @@ def make_method(backbone, args):
     (view,) = views_of(args, moco_v2_cifar())
     return MoCoV2(
         backbone,
-        projector_for(backbone, args.projector_hidden, args.projector_out),
+        projector_for(backbone, args.projector_hidden, args.projector_out, args.projector_layers),
         view=view,
         queue_size=args.queue_size,
         temperature=args.temperature,

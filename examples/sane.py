@@ -10,7 +10,7 @@ def make_method(backbone, args):
     query_view, key_view = views_of(args, moco_v2_cifar(), moco_v2_cifar())
     return SANE(
         backbone,
-        projector_for(backbone, args.projector_hidden, args.projector_out),
+        projector_for(backbone, args.projector_hidden, args.projector_out, args.projector_layers),
         tau=args.tau,
         tau_prime=args.tau_prime,
         mu_start=args.mu_start,

@@ -26,7 +26,7 @@ def make_method(backbone, args):
     query_view, key_view = views_of(args, sce_strong(), sce_weak())
     return SCE(
         backbone,
-        projector_for(backbone, args.projector_hidden, args.projector_out),
+        projector_for(backbone, args.projector_hidden, args.projector_out, args.projector_layers),
         lam=args.lam,
         tau=args.tau,
         tau_m=args.tau_m,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ class Trainer:
         self.run_config = {**asdict(config), **(run_config or {}), "num_processes": self.accelerator.num_processes}
         self.output_dir = Path(config.output_dir)
         self.progress = _Progress()
+        self._last_loss = float("nan")
         self.checkpoints = CheckpointStore(self.output_dir, self.accelerator, self.run_config, config.keep_checkpoints)
 
     def _check_sizes(self, num_samples: int) -> None:
@@ -315,6 +317,7 @@ class Trainer:
         start_time, images_seen = time.perf_counter(), 0
         for epoch in range(self.progress.epoch, last_epoch):
             bar = _progress_bar(accelerator, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+            epoch_start = time.perf_counter()
             model.train()
             for images, ids in batches.epoch(epoch, self.progress.global_step - epoch * steps_per_epoch):
                 with accelerator.autocast():
@@ -336,6 +339,9 @@ class Trainer:
                     self._save(guard)
             bar.close()
             self.progress.epoch = epoch + 1
+            if bar.disable and accelerator.is_main_process:
+                print(f"epoch {self.progress.epoch}/{config.epochs}: loss {self._last_loss:.4f}, "
+                      f"{time.perf_counter() - epoch_start:.1f} s", flush=True)
             if test is not None and config.knn_every and self.progress.epoch % config.knn_every == 0:
                 result.knn[self.progress.epoch] = self._evaluate(train, test, eval_recipe)
                 self._log({"epoch": self.progress.epoch, "step": self.progress.global_step,
@@ -368,6 +374,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
                   "momentum": self.method.momentum_at(step, total_steps), **values}
         self._log(record)
+        self._last_loss = values["loss"]
         bar.set_postfix(loss=f"{values['loss']:.4f}")
 
     def export_backbone(self, path: str | Path | None = None) -> Path:
@@ -380,6 +387,8 @@ class Trainer:
 
 
 def _progress_bar(accelerator: Accelerator, total: int, description: str):
+    """A progress bar on a terminal; disabled (one line per epoch instead) when output goes to a file."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, disable=not accelerator.is_main_process, leave=False)
+    on_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    return tqdm(total=total, desc=description, disable=not (accelerator.is_main_process and on_terminal), leave=False)

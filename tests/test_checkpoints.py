@@ -29,7 +29,7 @@ from softcontrast.checkpoints import (
     list_checkpoints,
     rewind_metrics,
 )
-from softcontrast.cli import USER_ERRORS, build_parser, main
+from softcontrast.cli import USER_ERRORS, build_parser, main, resolve_data_defaults
 from softcontrast.components.augment import for_image_size, sce_strong, sce_weak
 from softcontrast.components.backbones import resnet
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights
@@ -341,7 +341,7 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert "cannot write to the output directory" in user_error(tmp_path, capsys, "--output-dir",
                                                                 str(tmp_path / "file" / "run"))
-    settings = {**vars(moco_parser().parse_args(TINY)), "lr": 0.5}
+    settings = {**vars(resolve_data_defaults(moco_parser().parse_args(TINY))), "lr": 0.5}
     write_checkpoint(tmp_path / "out" / "checkpoints" / "step_000000002", 2, 1, settings)
     assert "other settings (lr: checkpoint 0.5, this run 0.3)" in user_error(tmp_path, capsys, "--resume", "latest")
 

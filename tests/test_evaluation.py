@@ -8,7 +8,10 @@ from softcontrast.components.columns import LogitColumns
 from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.targets import InfoNCE, SimilarityTargets
 from softcontrast.components.targets.base import Targets
-from softcontrast.evaluation import knn_predict, label_diagnostics, linear_probe_accuracy
+from softcontrast.data import ImageTensorDataset
+from softcontrast.evaluation import (
+    baseline_knn, knn_predict, knn_sweep, label_diagnostics, linear_probe_accuracy, raw_pixel_features,
+)
 
 
 def clusters(n_per_class, num_classes, dim, noise, seed):
@@ -34,6 +37,14 @@ def test_knn_weights_close_neighbours_more():
     assert knn_predict(train, labels, query, 2, k=3, temperature=1000.0).item() == 1
 
 
+def test_knn_sweep_covers_every_k_and_temperature():
+    train, train_labels = clusters(30, 4, 16, 0.1, 0)
+    test, test_labels = clusters(10, 4, 16, 0.1, 0)
+    sweep = knn_sweep(train, train_labels, test, test_labels)
+    assert set(sweep) == {f"k={k},T={t}" for k in (1, 5, 20, 50, 200) for t in (0.05, 0.1)}
+    assert all(value == 1.0 for value in sweep.values())
+
+
 def test_knn_rejects_bad_settings():
     features = torch.eye(2)
     with pytest.raises(ValueError, match="k must be"):
@@ -45,7 +56,37 @@ def test_knn_rejects_bad_settings():
 def test_linear_probe_separates_linearly_separable_features():
     train, train_labels = clusters(40, 3, 8, 0.2, 1)
     test, test_labels = clusters(20, 3, 8, 0.2, 1)
-    assert linear_probe_accuracy(train, train_labels, test, test_labels, epochs=30) > 0.95
+    assert linear_probe_accuracy(train, train_labels, test, test_labels) > 0.95
+
+
+def test_linear_probe_is_at_chance_on_shuffled_labels():
+    features, labels = clusters(200, 4, 8, 0.2, 2)
+    generator = torch.Generator().manual_seed(0)
+    shuffled = labels[torch.randperm(len(labels), generator=generator)]
+    assert linear_probe_accuracy(features[::2], labels[::2], features[1::2], labels[1::2]) > 0.95
+    accuracy = linear_probe_accuracy(features[::2], shuffled[::2], features[1::2], shuffled[1::2])
+    assert abs(accuracy - 0.25) < 0.08
+
+
+def test_raw_pixel_baseline_equals_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    labels = torch.tensor([0, 1, 2] * 4)
+    train = ImageTensorDataset(images[:9], labels[:9], ["a", "b", "c"])
+    test = ImageTensorDataset(images[9:], labels[9:], ["a", "b", "c"])
+    pixels = images.double().flatten(1) / 255
+    centred = pixels - pixels[:9].mean(dim=0)
+    unit = centred / centred.norm(dim=1, keepdim=True)
+    similarity = unit[9:] @ unit[:9].T
+    expected = []
+    for row in similarity:
+        top = row.topk(5)
+        votes = torch.zeros(3, dtype=torch.float64).scatter_add_(0, labels[:9][top.indices], (top.values / 0.1).exp())
+        expected.append(int(votes.argmax()))
+    expected_accuracy = (torch.tensor(expected) == labels[9:]).double().mean().item()
+    assert baseline_knn(train, test, k=5, temperature=0.1)["raw_pixels"] == pytest.approx(expected_accuracy)
+    _, raw_test = raw_pixel_features(train, test)
+    torch.testing.assert_close(raw_test.double(), unit[9:], atol=1e-6, rtol=0)
 
 
 def test_label_diagnostics_measure_same_class_columns():

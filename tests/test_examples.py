@@ -27,7 +27,12 @@ def test_example_trains_and_reports_knn(script, tmp_path):
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["method"] == script and summary["epochs_done"] == 1
     assert set(summary["knn_accuracy"]) == {"0", "1"}
-    assert "kNN accuracy (random init)" in completed.stdout
+    assert "kNN accuracy (random init)" in completed.stdout and "kNN accuracy (raw pixels, baseline)" in completed.stdout
+    assert set(summary["baselines"]) == {"raw_pixels", "random_init"}
+    assert summary["baselines"]["random_init"] == summary["knn_accuracy"]["0"]
+    assert 0.5 < summary["baselines"]["raw_pixels"] <= 1
+    # Output to a file (not a terminal): one line per epoch, no progress-bar redraws.
+    assert "epoch 1/1: loss" in completed.stdout and "\r" not in completed.stdout + completed.stderr
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert summary["knn_accuracy"]["0"] == pytest.approx(seeded_random_init_knn(), abs=1e-4)
 
@@ -37,13 +42,13 @@ def seeded_random_init_knn() -> float:
     set_seed(0)
     splits = load_source("digits")
     backbone = resnet("resnet18", width=8)
-    return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 16))
+    return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 12))
 
 
 def test_view_flags_default_to_no_flip_on_digits_only():
     parser = build_parser("test")
     (digits,) = views_of(parser.parse_args([]), moco_v2_cifar())
-    assert digits.flip_p == 0.0 and digits.crop_scale == (0.5, 1.0) and digits.size == 16
+    assert digits.flip_p == 0.0 and digits.crop_scale == (0.8, 1.0) and digits.size == 12
     (folder,) = views_of(parser.parse_args(["--dataset", "imagefolder:x", "--view-size", "32"]), moco_v2_cifar())
     assert folder.flip_p == 0.5 and folder.crop_scale == (0.2, 1.0) and folder.size == 32
     (chosen,) = views_of(parser.parse_args(["--flip-p", "0.3", "--crop-min-scale", "0.4"]), moco_v2_cifar())

@@ -1,0 +1,351 @@
+"""``softcontrast evaluate``: kNN sweep, linear probe, baselines, diagnostics and pictures of a run.
+
+``softcontrast evaluate RUN_DIR`` reads a finished run (``backbone.pt``, the settings
+saved with its newest complete checkpoint, ``metrics.jsonl``);
+``softcontrast evaluate --backbone PATH --dataset SOURCE [--arch ... --width ...]``
+evaluates an exported backbone. Both write ``eval.json`` and PNGs to ``<run>/eval/``
+(or ``--output-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from softcontrast.checkpoints import CHECKPOINT_DIR, RUN_CONFIG, list_checkpoints
+from softcontrast.components.augment import (
+    ViewRecipe,
+    for_image_size,
+    moco_v2_cifar,
+    to_float,
+)
+from softcontrast.components.backbones import Backbone, resnet
+from softcontrast.components.columns import LogitColumns
+from softcontrast.data import ImageTensorDataset, load_source
+from softcontrast.evaluation.baselines import random_init_backbone
+from softcontrast.evaluation.diagnostics import (
+    DIAGNOSTICS,
+    last_quarter_means,
+    read_metrics,
+)
+from softcontrast.evaluation.features import extract_features, raw_pixel_features
+from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
+from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
+from softcontrast.evaluation.probe import linear_probe_accuracy
+from softcontrast.methods.base import ContrastiveMethod
+
+#: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
+HEADLINE = "k=200,T=0.1"
+
+
+class RunSettingsError(ValueError):
+    """A folder that is not a finished run, or a backbone its flags do not describe."""
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """The settings of a finished run: ``run_config.json`` of its newest complete checkpoint.
+
+    Raises:
+        RunSettingsError: the folder holds no ``backbone.pt`` or no complete checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunSettingsError(f"run folder not found: {run_dir}")
+    if not (run_dir / "backbone.pt").is_file():
+        raise RunSettingsError(
+            f"{run_dir} is not a finished run (no backbone.pt): pass the output dir of a completed training "
+            "run, or --backbone PATH --dataset SOURCE"
+        )
+    checkpoints = list_checkpoints(run_dir / CHECKPOINT_DIR)
+    if not checkpoints:
+        raise RunSettingsError(
+            f"{run_dir} has no complete checkpoint with the run's settings ({CHECKPOINT_DIR}/*/{RUN_CONFIG}): "
+            "pass --backbone PATH --dataset SOURCE with the run's flags instead"
+        )
+    settings = json.loads((checkpoints[-1].path / RUN_CONFIG).read_text())
+    settings["epochs_done"] = checkpoints[-1].epoch
+    return settings
+
+
+def load_backbone(path: str | Path, arch: str, cifar_stem: bool, width: int) -> Backbone:
+    """A backbone built from flags with the weights of ``path``.
+
+    Raises:
+        RunSettingsError: the file is missing or its weights do not fit the flags.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RunSettingsError(f"backbone file not found: {path}")
+    backbone = resnet(arch, cifar_stem=cifar_stem, width=width)
+    try:
+        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        flags = f"--arch {arch} --width {width}" + ("" if cifar_stem else " --no-cifar-stem")
+        raise RunSettingsError(
+            f"{path} does not fit {flags} ({first}): pass the backbone flags it was trained with"
+        ) from None
+    return backbone
+
+
+def evaluate_features(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+                      seed: int) -> dict[str, Any]:
+    """The kNN sweep (:func:`knn_sweep`) and the linear probe of one set of frozen features."""
+    return {
+        "knn": knn_sweep(train_features, train_labels, test_features, test_labels),
+        "linear_probe": linear_probe_accuracy(train_features, train_labels, test_features, test_labels, seed=seed),
+    }
+
+
+def neighbour_rows(train: ImageTensorDataset, test: ImageTensorDataset, train_features: Tensor,
+                   test_features: Tensor, queries: int = 8, shown: int = 8) -> list:
+    """Gallery rows (see :func:`plot_gallery`): the first test image of each class (up to
+    ``queries``) and its ``shown`` nearest training images by cosine of the features."""
+    chosen: list[int] = []
+    for label in test.labels.unique().tolist():
+        chosen.append(int((test.labels == label).nonzero()[0]))
+        if len(chosen) == queries:
+            break
+    similarity = test_features[chosen] @ train_features.T
+    nearest = similarity.topk(min(shown, len(train)), dim=1).indices.cpu()
+    return [
+        (test.images[q], int(test.labels[q]), [(train.images[i], int(train.labels[i])) for i in row.tolist()])
+        for q, row in zip(chosen, nearest)
+    ]
+
+
+def _load_example(method_name: str):
+    """The example script that built the run (``examples/<method>.py`` of a source checkout), or ``None``."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        script = root / "examples" / f"{method_name}.py"
+        if script.is_file():
+            spec = importlib.util.spec_from_file_location(f"softcontrast_example_{method_name}", script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    return None
+
+
+@torch.no_grad()
+def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, seed: int, batch: int = 64,
+                        rows: int = 6, shown: int = 8) -> list:
+    """Gallery rows: training queries and the queue images FNC detects as their false negatives.
+
+    One training-mode step without an update: the key and support views of a batch
+    are embedded by the momentum encoder and the method's target builder marks the
+    queue columns it cancels (masked, or given target mass off the positive).
+    """
+    torch.manual_seed(seed)
+    ids = torch.randperm(len(train))[:batch]
+    images = to_float(train.images[ids])
+    method.train()
+    keys = method.embed_keys(method.key_augment(images))
+    columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
+    targets = method.target_builder(columns, method.support_embeddings(images, keys))
+    found = (targets.mask & ~columns.mask) | ((targets.target > 0) & ~columns.positive_one_hot().bool())
+    column_ids = columns.column_ids[None, :].expand(found.shape[0], -1)
+    if not columns.in_batch:
+        column_ids = torch.cat([columns.row_ids[:, None], column_ids], dim=1)
+    order = found.sum(dim=1).argsort(descending=True)[:rows]
+    result = []
+    for row in order.tolist():
+        detected = column_ids[row][found[row]].tolist()[:shown]
+        result.append((train.images[ids[row]], int(train.labels[ids[row]]),
+                       [(train.images[j], int(train.labels[j])) for j in detected if j >= 0]))
+    return result
+
+
+def _fnc_pictures(run_dir: Path, settings: dict, backbone_flags: dict, train, output: Path) -> str | None:
+    """Draws ``false_negatives.png`` for an FNC run; returns why it was skipped, or ``None``."""
+    example = _load_example("fnc")
+    if example is None:
+        return "skipped: examples/fnc.py (which builds the method) is not in this checkout"
+    from safetensors.torch import load_file
+
+    checkpoint = list_checkpoints(run_dir / CHECKPOINT_DIR)[-1]
+    backbone = resnet(backbone_flags["arch"], cifar_stem=backbone_flags["cifar_stem"], width=backbone_flags["width"])
+    method = example.make_method(backbone, argparse.Namespace(**settings))
+    method.load_state_dict(load_file(checkpoint.path / "model.safetensors"))
+    rows = false_negative_rows(method, train, int(settings.get("seed", 0)))
+    if not any(found for _, _, found in rows):
+        return "skipped: FNC detected no false negatives in the sampled batch"
+    plot_gallery(rows, train.classes, output / "false_negatives.png",
+                 "FNC's detected false negatives (green: same class as the query, red: another class)")
+    return None
+
+
+def evaluate(
+    run_dir: str | Path | None = None,
+    backbone_path: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates a run (``run_dir``) or an exported backbone (``backbone_path`` + ``flags``).
+
+    Args:
+        run_dir: a finished run's output folder.
+        backbone_path: a ``backbone.pt`` (used when ``run_dir`` is ``None``).
+        flags: settings of a bare backbone: ``dataset``, ``image_size``, ``train_subset``,
+            ``backbone`` (architecture), ``width``, ``no_cifar_stem``, ``view_size``, ``seed``.
+        output_dir: where ``eval.json`` and the PNGs go (default ``<run>/eval``).
+        plots: draw the PNGs.
+        progress: progress bars on stderr.
+
+    Returns:
+        The content of ``eval.json``.
+    """
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        settings = read_run(run_dir)
+        backbone_path = run_dir / "backbone.pt"
+    else:
+        settings = dict(flags or {})
+        run_dir = Path(backbone_path).parent
+    output = Path(output_dir) if output_dir else run_dir / "eval"
+    arch, width = settings.get("backbone", "resnet18"), int(settings.get("width", 16))
+    cifar_stem, seed = not settings.get("no_cifar_stem", False), int(settings.get("seed", 0))
+    backbone = load_backbone(backbone_path, arch, cifar_stem, width)
+
+    splits = load_source(settings.get("dataset", "digits"), settings.get("image_size"))
+    if splits.test is None:
+        raise RunSettingsError(f"dataset {settings.get('dataset')!r} has no test split to evaluate on")
+    train, test = splits.train, splits.test
+    if settings.get("train_subset") is not None:
+        train = train.subset(int(settings["train_subset"]), seed=seed)
+    if (train.labels < 0).any() or (test.labels < 0).any():
+        raise RunSettingsError("evaluation needs class labels on both splits; this dataset has unlabelled images")
+    recipe: ViewRecipe = for_image_size(moco_v2_cifar(), int(settings.get("view_size", 16)))
+
+    def bar(name: str) -> str | None:
+        return name if progress else None
+
+    trained = [extract_features(backbone, split, recipe, progress=bar(f"features {name}"))
+               for name, split in (("train", train), ("test", test))]
+    untrained = random_init_backbone(arch, cifar_stem, width, seed)
+    random = [extract_features(untrained, split, recipe, progress=bar(f"random-init {name}"))
+              for name, split in (("train", train), ("test", test))]
+    raw = raw_pixel_features(train, test)
+    results = {}
+    for name, (train_features, test_features) in (("trained", trained), ("raw_pixels", raw), ("random_init", random)):
+        results[name] = evaluate_features(train_features, train.labels, test_features, test.labels, seed)
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    method = settings.get("method")
+    names = DIAGNOSTICS if method == "fnc" else tuple(d for d in DIAGNOSTICS if d != "cancelled_precision")
+    report: dict[str, Any] = {
+        "method": method,
+        "dataset": settings.get("dataset", "digits"),
+        "epochs_done": settings.get("epochs_done"),
+        "train_images": len(train),
+        "test_images": len(test),
+        "view_size": recipe.size,
+        "backbone": {"arch": arch, "width": width, "cifar_stem": cifar_stem},
+        "headline": HEADLINE,
+        "knn": {name: result["knn"] for name, result in results.items()},
+        "linear_probe": {name: result["linear_probe"] for name, result in results.items()},
+        "margin_over_raw_pixels": results["trained"]["knn"][HEADLINE] - results["raw_pixels"]["knn"][HEADLINE],
+        "diagnostics": last_quarter_means(records, names),
+        "plots": [],
+    }
+    if plots:
+        output.mkdir(parents=True, exist_ok=True)
+        if records:
+            plot_curves(records, output / "curves.png", names)
+            report["plots"].append("curves.png")
+        plot_tsne(trained[1], test.labels, test.classes, output / "tsne.png", seed=seed)
+        plot_gallery(neighbour_rows(train, test, trained[0], trained[1]), test.classes, output / "neighbors.png",
+                     "test queries and their nearest training images (red: another class)")
+        report["plots"] += ["tsne.png", "neighbors.png"]
+        if method == "fnc":
+            skipped = _fnc_pictures(run_dir, settings, {"arch": arch, "width": width, "cifar_stem": cifar_stem},
+                                    train, output)
+            if skipped:
+                report["false_negatives"] = skipped
+            else:
+                report["plots"].append("false_negatives.png")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The printed summary: kNN (T = 0.1) per k and the linear probe, for the network and the baselines."""
+    ks = [f"k={k}" for k in SWEEP_K]
+    lines = [f"{'':12}" + "".join(f"{k:>8}" for k in ks) + f"{'probe':>9}   (kNN T=0.1, accuracy %)"]
+    for name, label in (("trained", "trained"), ("raw_pixels", "raw pixels"), ("random_init", "random init")):
+        knn = report["knn"][name]
+        lines.append(f"{label:12}" + "".join(f"{100 * knn[f'{k},T=0.1']:8.2f}" for k in ks)
+                     + f"{100 * report['linear_probe'][name]:9.2f}")
+    margin = 100 * report["margin_over_raw_pixels"]
+    lines.append(f"kNN {HEADLINE}: trained minus raw pixels = {margin:+.2f} points")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``softcontrast`` command line (subcommand ``evaluate``)."""
+    parser = argparse.ArgumentParser(prog="softcontrast", description="softcontrast commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ev = commands.add_parser(
+        "evaluate", help="kNN sweep, linear probe, baselines and pictures of a finished run",
+        description=f"Evaluates frozen features: kNN (k {', '.join(map(str, SWEEP_K))}; "
+                    f"T {', '.join(map(str, SWEEP_TEMPERATURES))}), a linear probe, and the raw-pixel and "
+                    "random-init baselines under the same protocols; writes eval.json and PNGs.",
+    )
+    ev.add_argument("run_dir", nargs="?", help="output folder of a finished training run")
+    ev.add_argument("--backbone", dest="backbone_path", help="a backbone.pt to evaluate instead of a run")
+    ev.add_argument("--dataset", help="dataset source of --backbone (digits | imagefolder:<path> | npz:<path> | hf:<id>)")
+    ev.add_argument("--image-size", type=int, default=None, help="with --backbone: the run's --image-size")
+    ev.add_argument("--train-subset", type=int, default=None, help="with --backbone: the run's --train-subset")
+    ev.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"],
+                    help="with --backbone: the run's --backbone architecture")
+    ev.add_argument("--width", type=int, default=16, help="with --backbone: the run's --width")
+    ev.add_argument("--no-cifar-stem", action="store_true", help="with --backbone: the run's --no-cifar-stem")
+    ev.add_argument("--view-size", type=int, default=None,
+                    help="with --backbone: the run's --view-size (default: the examples' default for the dataset)")
+    ev.add_argument("--seed", type=int, default=0, help="with --backbone: the run's --seed (random-init baseline)")
+    ev.add_argument("--output-dir", default=None, help="default: RUN_DIR/eval (or eval/ beside --backbone)")
+    ev.add_argument("--no-plots", action="store_true", help="write eval.json only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``softcontrast`` console script; user errors exit with one line and status 2."""
+    from softcontrast.cli import DATA_DEFAULTS, USER_ERRORS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if (args.run_dir is None) == (args.backbone_path is None):
+            raise ValueError("give either RUN_DIR or --backbone PATH (with --dataset SOURCE), not both or neither")
+        if args.backbone_path is not None and args.dataset is None:
+            raise ValueError("--backbone needs --dataset SOURCE (the data the backbone was trained on)")
+        flags = {"dataset": args.dataset, "image_size": args.image_size, "train_subset": args.train_subset,
+                 "backbone": args.arch, "width": args.width, "no_cifar_stem": args.no_cifar_stem,
+                 "view_size": args.view_size, "seed": args.seed}
+        if flags["view_size"] is None:
+            flags["view_size"] = DATA_DEFAULTS["view_size"][0 if args.dataset == "digits" else 1]
+        report = evaluate(args.run_dir, args.backbone_path, flags, args.output_dir, plots=not args.no_plots,
+                          progress=sys.stderr.isatty())
+    except USER_ERRORS as error:
+        if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"softcontrast evaluate: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    print(format_report(report))
+    written = Path(args.output_dir) if args.output_dir else Path(args.run_dir or Path(args.backbone_path).parent) / "eval"
+    print(f"wrote {written / 'eval.json'}" + (f" and {', '.join(report['plots'])}" if report["plots"] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Frozen features of a split: a backbone's, or the raw pixels'."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softcontrast.components.augment import ViewRecipe, center_view, to_float
+from softcontrast.data import ImageTensorDataset, LazyImageFolder
+
+#: Raw pixels of images larger than this side are taken at this side (memory).
+MAX_RAW_PIXEL_SIDE = 64
+
+
+def image_batches(
+    split: ImageTensorDataset | LazyImageFolder, batch_size: int = 512, num_workers: int = 0, progress: str | None = None
+) -> Iterator[Tensor]:
+    """The ``uint8`` images of a split in order, ``batch_size`` at a time.
+
+    Args:
+        split: an in-memory split, or a lazy folder (decoded by ``num_workers`` loader workers).
+        batch_size: images per batch.
+        num_workers: loader workers for a lazy split.
+        progress: show a progress bar with this description (``None``: no bar).
+    """
+    from tqdm.auto import tqdm
+
+    total = -(-len(split) // batch_size)
+    bar = tqdm(total=total, desc=progress, leave=False, disable=progress is None)
+    if isinstance(split, ImageTensorDataset):
+        for start in range(0, len(split), batch_size):
+            yield split.images[start : start + batch_size]
+            bar.update(1)
+    else:
+        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=num_workers)
+        for images, _ in loader:
+            yield images
+            bar.update(1)
+    bar.close()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    split: ImageTensorDataset | LazyImageFolder,
+    recipe: ViewRecipe,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    progress: str | None = None,
+) -> Tensor:
+    """L2-normalised backbone features of every image of a split (eval mode, no augmentation).
+
+    Args:
+        backbone: the network to evaluate (its train/eval mode is restored).
+        split: images to embed.
+        recipe: gives the evaluation size and normalisation (:func:`center_view`).
+        batch_size: images per forward pass.
+        device: where to compute.
+        num_workers: loader workers for a lazy split.
+        progress: show a progress bar with this description.
+
+    Returns:
+        ``N×F`` features on ``device``.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    features = [
+        F.normalize(backbone(center_view(images.to(device), recipe)).float(), dim=-1)
+        for images in image_batches(split, batch_size, num_workers, progress)
+    ]
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+def _pixels(split: ImageTensorDataset | LazyImageFolder, side: int | None, num_workers: int) -> Tensor:
+    rows = []
+    for images in image_batches(split, 512, num_workers):
+        images = to_float(images)
+        if side is not None and images.shape[-1] != side:
+            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
+        rows.append(images.flatten(1))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def raw_pixel_features(
+    train: ImageTensorDataset | LazyImageFolder,
+    test: ImageTensorDataset | LazyImageFolder,
+    num_workers: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The raw-pixel baseline's features: centred pixels, L2-normalised.
+
+    Each image is taken as loaded (values in ``[0, 1]``; images larger than
+    :data:`MAX_RAW_PIXEL_SIDE` are resized to it), flattened, the mean training
+    image is subtracted, and the row is L2-normalised. No view transform, so the
+    baseline does not depend on the network's view size.
+
+    Returns:
+        Train and test features.
+    """
+    side = getattr(train, "image_size", None)
+    side = MAX_RAW_PIXEL_SIDE if side is None or side > MAX_RAW_PIXEL_SIDE else None
+    train_pixels, test_pixels = _pixels(train, side, num_workers), _pixels(test, side, num_workers)
+    if train_pixels.shape[1] != test_pixels.shape[1]:
+        raise ValueError(f"train and test images differ in size ({train_pixels.shape[1]} vs {test_pixels.shape[1]} values)")
+    mean = train_pixels.mean(dim=0)
+    return F.normalize(train_pixels - mean, dim=-1), F.normalize(test_pixels - mean, dim=-1)
