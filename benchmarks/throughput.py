@@ -18,7 +18,7 @@ depends on other processes; peak memory (process RSS on the CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU); and our step's cost breakdown. On a
 GPU it also checks that our step runs without a host synchronisation
 (``torch.cuda.set_sync_debug_mode("error")``). ``--methods fnc --search-backend
-faiss-flat`` adds FNC with its queue search in FAISS (on the GPU when faiss sees one).
+faiss-flat`` adds published FNC with its search over view columns in FAISS (on the GPU when faiss sees one).
 
 Writes the JSON and, next to it, the Markdown table the docs show (``<out>.md``).
 Needs the bench extra (lightly): ``pip install -e ".[bench]"``.
@@ -257,9 +257,10 @@ def build_method(name: str, settings: Settings) -> ContrastiveMethod:
         return MoCoV2(backbone, view=moco_v2_cifar(), temperature=settings.temperature, **common)
     if name == "sce":
         return SCE(backbone, query_view=sce_strong(), key_view=sce_weak(), **common)
-    if name == "fnc":
+    if name == "fnc":  # published FNC: its memory holds 16 × batch view entries, not the queue
         return FNC(backbone, view=moco_v2_cifar(), temperature=settings.temperature,
-                   search_backend=settings.search_backend, **common)
+                   search_backend=settings.search_backend, memory_size=16 * settings.batch_size,
+                   momentum=settings.ema, channels_last=settings.channels_last)
     raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
 
 
@@ -703,7 +704,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.99, help="EMA momentum of the key encoders")
     parser.add_argument("--temperature", type=float, default=0.2, help="MoCo's temperature (both sides)")
-    parser.add_argument("--search-backend", default="torch", help="FNC's queue search (fnc only)")
+    parser.add_argument("--search-backend", default="torch", help="FNC's false-negative search (fnc only)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="steps per contender per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender")

@@ -29,6 +29,7 @@ from softcontrast.components.augment import (
 )
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.components.columns import LogitColumns
+from softcontrast.components.multiview import ViewColumns, embed_views
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation.baselines import random_init_backbone
 from softcontrast.evaluation.diagnostics import (
@@ -41,6 +42,7 @@ from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
 from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
 from softcontrast.evaluation.probe import linear_probe_accuracy
 from softcontrast.methods.base import ContrastiveMethod
+from softcontrast.methods.fnc import FNC
 
 #: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
 HEADLINE = "k=200,T=0.1"
@@ -135,18 +137,19 @@ def _load_example(method_name: str):
 
 
 @torch.no_grad()
-def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, seed: int, batch: int = 64,
-                        rows: int = 6, shown: int = 8) -> list:
-    """Gallery rows: training queries and the queue images FNC detects as their false negatives.
+def detected_columns(method: ContrastiveMethod, images: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``B×N`` flags of the columns FNC detects as false negatives, and their sample ids.
 
-    One training-mode step without an update: the key and support views of a batch
-    are embedded by the momentum encoder and the method's target builder marks the
-    queue columns it cancels (masked, or given target mass off the positive).
+    Published FNC (:class:`~softcontrast.methods.fnc.FNC`): the view entries of ``F_i``
+    over its columns (momentum views of the batch and its memory of view entries).
+    FNC on MoCo: the columns its target builder cancels (masked, or given target mass
+    off the positive).
     """
-    torch.manual_seed(seed)
-    ids = torch.randperm(len(train))[:batch]
-    images = to_float(train.images[ids])
-    method.train()
+    if isinstance(method, FNC):
+        momentum = embed_views(method.embed_keys, method.views(images)).transpose(0, 1)
+        columns = ViewColumns.build(momentum, ids, method.queue)
+        found = method.target_builder.false_negatives(columns, momentum, ids)
+        return found, columns.ids[None, :].expand(found.shape[0], -1)
     keys = method.embed_keys(method.key_augment(images))
     columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
     targets = method.target_builder(columns, method.support_embeddings(images, keys))
@@ -154,12 +157,27 @@ def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, se
     column_ids = columns.column_ids[None, :].expand(found.shape[0], -1)
     if not columns.in_batch:
         column_ids = torch.cat([columns.row_ids[:, None], column_ids], dim=1)
+    return found, column_ids
+
+
+@torch.no_grad()
+def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, seed: int, batch: int = 64,
+                        rows: int = 6, shown: int = 8) -> list:
+    """Gallery rows: training queries and the distinct images FNC detects as their false negatives.
+
+    One training-mode step without an update (:func:`detected_columns`); an image
+    detected through several of its view entries is shown once.
+    """
+    torch.manual_seed(seed)
+    ids = torch.randperm(len(train))[:batch]
+    method.train()
+    found, column_ids = detected_columns(method, to_float(train.images[ids]), ids)
     order = found.sum(dim=1).argsort(descending=True)[:rows]
     result = []
     for row in order.tolist():
-        detected = column_ids[row][found[row]].tolist()[:shown]
+        detected = list(dict.fromkeys(j for j in column_ids[row][found[row]].tolist() if j >= 0))[:shown]
         result.append((train.images[ids[row]], int(train.labels[ids[row]]),
-                       [(train.images[j], int(train.labels[j])) for j in detected if j >= 0]))
+                       [(train.images[j], int(train.labels[j])) for j in detected]))
     return result
 
 
