@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from softcontrast.components.augment import for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import resnet
 from softcontrast.components.bank import EmbeddingBank
-from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.multiview import ViewColumns, ViewMemory
 from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
 from softcontrast.methods import FNC, FNCOnMoCo

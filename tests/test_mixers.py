@@ -1,8 +1,5 @@
 """Mixers: momentum mixup and input mixup of views and targets."""
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -126,19 +123,9 @@ def test_the_default_draw_is_one_theta_per_batch_from_beta_two_two():
     assert abs(thetas[:, 0].var() - 1 / (4 * (2 * 2 + 1))) < 0.01
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_two_processes_mix_like_one_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(SCRIPT), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+def test_two_processes_mix_like_one_process_on_the_concatenated_batch(tmp_path, run_two_processes):
+    run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
     from mixers_two_process import BATCH, global_problem, mixed_step

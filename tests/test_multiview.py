@@ -2,9 +2,6 @@
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -146,19 +143,9 @@ def test_small_crop_flags_build_crops_of_the_query_recipe_and_refuse_bad_values(
         sce.small_crops_of(Namespace(**{**vars(args), "small_crop_scale": (0.5, 0.2)}), sce_strong())
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(SCRIPT), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path, run_two_processes):
+    run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
     from multiview_two_process import IMAGES, fnc_step

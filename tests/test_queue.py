@@ -1,8 +1,6 @@
 """MemoryQueue: wrap-around, partial fill, ids, and gathered enqueues over two processes."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -71,12 +69,8 @@ def test_bad_sizes_are_rejected():
 
 
 @pytest.mark.distributed
-def test_two_processes_keep_the_queue_of_one_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29517", str(SCRIPT), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+def test_two_processes_keep_the_queue_of_one_process_on_the_concatenated_batch(tmp_path, run_two_processes):
+    run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
     from queue_and_training import local_batch

@@ -1,8 +1,6 @@
 """SANE as published: the refined label (eq. 5), the µ schedule, momentum mixup and the loss (eq. 9)."""
 
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -341,19 +339,9 @@ def test_a_sane_step_trains(options):
 # --- several processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_two_processes_give_the_loss_of_one_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(SCRIPT), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+def test_two_processes_give_the_loss_of_one_process_on_the_concatenated_batch(tmp_path, run_two_processes):
+    run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
     from sane_two_process import global_problem, sane_step

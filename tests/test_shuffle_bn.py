@@ -1,7 +1,5 @@
 """Shuffle-BN / split-BN of the momentum encoder: groups, order, and 2-process equality."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -104,12 +102,8 @@ def test_bad_groups_are_rejected():
 
 
 @pytest.mark.distributed
-def test_two_processes_give_the_keys_of_one_process_with_the_same_permutation(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29523", str(SCRIPT), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+def test_two_processes_give_the_keys_of_one_process_with_the_same_permutation(tmp_path, run_two_processes):
+    run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
     from shuffle_bn_two_process import BATCH, fixed_permutation, global_views, key_encoder

@@ -61,6 +61,8 @@ def main(out: Path) -> None:
     per_batch = MomentumMixup(kappa=0.5, per_sample=False).sample(BATCH, "cpu")
     result.update(partner=sampled.partner, theta=sampled.theta, batch_theta=per_batch.theta)
     torch.save(result, out / f"mixers_rank{rank}.pt")
+    accelerator.wait_for_everyone()  # no process leaves while another still talks to it
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def main(out: Path) -> None:
     rows = slice(rank * BATCH, (rank + 1) * BATCH)
     result = {view: sane_step(global_problem(), rows, True, view) for view in ("weak", "strong")}
     torch.save(result, out / f"sane_rank{rank}.pt")
+    accelerator.wait_for_everyone()  # no process leaves while another still talks to it
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def main(out: Path) -> None:
     except ValueError as error:
         result["error"] = str(error)
     torch.save(result, out / f"shuffle_bn_rank{rank}.pt")
+    accelerator.wait_for_everyone()  # no process leaves while another still talks to it
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -190,6 +190,17 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"FNC {name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def check_detection_settings(top_k: int, threshold: float, strategy: str, aggregation: str, backend: Backend) -> None:
+    """Raises a ``ValueError`` naming the flag when a false-negative detection setting is out of range."""
+    if top_k < 1:
+        raise ValueError(f"FNC top_k (--top-k) must be >= 1, got {top_k}")
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"FNC threshold (--threshold) is a cosine and must lie in [-1, 1], got {threshold}")
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    NeighborSearch(backend)  # validates the backend name
+
+
 @dataclass(frozen=True)
 class FalseNegativeCancellation:
     """FNC target builder.
@@ -220,13 +231,7 @@ class FalseNegativeCancellation:
     bank: EmbeddingBank | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"FNC top_k must be >= 1, got {self.top_k}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"FNC threshold is a cosine and must lie in [-1, 1], got {self.threshold}")
-        check_choice("strategy", self.strategy, STRATEGIES)
-        check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        NeighborSearch(self.backend)  # validates the backend name
+        check_detection_settings(self.top_k, self.threshold, self.strategy, self.aggregation, self.backend)
 
     def false_negatives(self, columns: LogitColumns, support: Tensor | None = None) -> Tensor:
         """``B×N`` flags of the detected false negatives ``F_i``."""

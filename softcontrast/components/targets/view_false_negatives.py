@@ -31,11 +31,11 @@ from softcontrast.components.neighbors import Backend, NeighborSearch
 from softcontrast.components.queue import EMPTY_ID
 from softcontrast.components.targets.base import Targets
 from softcontrast.components.targets.false_negatives import (
-    AGGREGATIONS,
     NO_ID,
     STRATEGIES,
     aggregated_neighbors,
     check_choice,
+    check_detection_settings,
     select_false_negatives,
 )
 
@@ -135,13 +135,7 @@ class ViewFalseNegatives:
     bank: EmbeddingBank | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"FNC top_k (--top-k) must be >= 1, got {self.top_k}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"FNC threshold (--threshold) is a cosine and must lie in [-1, 1], got {self.threshold}")
-        check_choice("strategy", self.strategy, STRATEGIES)
-        check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        NeighborSearch(self.backend)
+        check_detection_settings(self.top_k, self.threshold, self.strategy, self.aggregation, self.backend)
 
     @torch.no_grad()
     def false_negatives(self, columns: ViewColumns, momentum: Tensor, ids: Tensor) -> Tensor:
