@@ -59,8 +59,6 @@ def main(out: Path) -> None:
     half = IMAGES // 2
     result = {strategy: fnc_step(slice(rank * half, (rank + 1) * half), strategy) for strategy in ("attract", "eliminate")}
     torch.save(result, out / f"multiview_rank{rank}.pt")
-    accelerator.wait_for_everyone()  # no process leaves while another still talks to it
-    accelerator.end_training()
     del accelerator
 
     torch.manual_seed(0)
