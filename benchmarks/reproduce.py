@@ -28,6 +28,7 @@ import json
 import math
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -54,6 +55,10 @@ DEFAULT_METHODS = [
     "fnc-eliminate=fnc_cifar10-cpu.yaml:--strategy eliminate",
     "sane=sane_cifar10-cpu.yaml",
 ]
+#: The protocol, as recorded in each report.
+EVALUATION = ("frozen backbone features of the run's training images vs the test split; kNN k 200 T 0.1 and "
+              "k 50 T 0.05; linear probe: softcontrast.evaluation.linear_probe_accuracy (scikit-learn "
+              "logistic regression, L-BFGS, on standardised features)")
 #: (name, k, temperature) of the kNN evaluations.
 KNN = [("knn_k200_t0.1", 200, 0.1), ("knn_k50_t0.05", 50, 0.05)]
 ACCURACIES = [name for name, _, _ in KNN] + ["linear_probe"]
@@ -255,7 +260,8 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     settings = reports[0]["settings"]
     methods = [m for report in reports for m in report["settings"]["methods"]]
     seeds = sorted({seed for report in reports for seed in report["settings"]["seeds"]})
-    args = argparse.Namespace(out=out, seeds=seeds, common_args=settings["common_args"])
+    args = argparse.Namespace(out=out, seeds=seeds, common_args=settings["common_args"],
+                              evaluation=settings["evaluation"])
     write_report(args, settings["dataset"], methods, runs)
 
 
@@ -290,6 +296,13 @@ def display(path: Path | None) -> str:
         return path.name
 
 
+def source_commit() -> str | None:
+    """The checkout's commit (``git rev-parse --short HEAD``), or ``None`` outside a git checkout."""
+    completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=EXAMPLES.parent, capture_output=True,
+                               text=True)
+    return completed.stdout.strip() or None if completed.returncode == 0 else None
+
+
 def write_report(args: argparse.Namespace, dataset_label: str, methods: list[dict], runs: list[dict]) -> None:
     """Writes the JSON, the Markdown table and the chart of the runs finished so far."""
     trained = [run for run in runs if run["method"] not in ("raw pixels", "random init")]
@@ -301,10 +314,10 @@ def write_report(args: argparse.Namespace, dataset_label: str, methods: list[dic
                     if torch.cuda.is_available() else None, "platform": platform.platform(terse=True)},
         "settings": {"dataset": dataset_label, "seeds": args.seeds, "common_args": args.common_args,
                      "methods": [m if "script" not in m else
-                                 {"name": m["name"], "recipe": display(m["recipe"]), "flags": " ".join(m["flags"])}
+                                 {"name": m["name"], "recipe": display(m["recipe"]), "flags": " ".join(m["flags"]),
+                                  "commit": source_commit()}
                                  for m in methods],
-                     "evaluation": "frozen backbone features of the run's training images vs the test split; "
-                                   "kNN k 200 T 0.1 and k 50 T 0.05; linear probe (100 epochs, SGD, cosine)",
+                     "evaluation": getattr(args, "evaluation", EVALUATION),
                      "beyond_spread": "|difference of means| > sum of the two standard deviations"},
         "summary": summary,
         "runs": runs,
