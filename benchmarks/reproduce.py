@@ -44,7 +44,7 @@ from compare_methods import DIAGNOSTICS, EXAMPLES, run_example, shown_command, u
 from softcontrast.components.augment import center_view, for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
-from softcontrast.evaluation import extract_features, knn_predict, linear_probe_accuracy
+from softcontrast.evaluation import extract_features, knn_feature_accuracy, linear_probe_accuracy
 
 RECIPES = EXAMPLES / "recipes"
 #: The CPU table: name = script[-variant], its recipe, and its extra flags.
@@ -93,11 +93,8 @@ def evaluate(backbone: torch.nn.Module, train: ImageTensorDataset, test: ImageTe
         features = [F.normalize(center_view(split.images, recipe).flatten(1), dim=-1) for split in (train, test)]
     else:
         features = [extract_features(backbone, split, recipe) for split in (train, test)]
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    result = {}
-    for name, k, temperature in KNN:
-        predicted = knn_predict(features[0], train.labels, features[1], num_classes, k, temperature)
-        result[name] = (predicted == test.labels).float().mean().item()
+    result = {name: knn_feature_accuracy(features[0], train.labels, features[1], test.labels, k, temperature)
+              for name, k, temperature in KNN}
     result["linear_probe"] = linear_probe_accuracy(features[0], train.labels, features[1], test.labels, seed=seed)
     return result
 
