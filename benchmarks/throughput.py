@@ -63,6 +63,7 @@ from softcontrast.components.augment import (
 from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.memory_format import to_channels_last
 from softcontrast.data import ImageTensorDataset, TrainingBatches, load_source
 from softcontrast.methods import FNC, SCE, ContrastiveMethod, MoCoV2
 
@@ -210,8 +211,8 @@ class LightlyMoCo(Contender):
         self.online = nn.Sequential(backbone, projector_for(backbone)).to(settings.device)
         self.momentum = copy.deepcopy(self.online)
         deactivate_requires_grad(self.momentum)
-        if settings.channels_last:
-            self.online.to(memory_format=torch.channels_last)
+        self.channels_last = settings.channels_last and to_channels_last(self.online, settings.device)
+        if self.channels_last:
             self.momentum.to(memory_format=torch.channels_last)
         self.run_online = torch.compile(self.online) if settings.compile else self.online
         self.run_momentum = torch.compile(self.momentum) if settings.compile else self.momentum
@@ -225,7 +226,7 @@ class LightlyMoCo(Contender):
 
     def _input(self, views: Tensor) -> Tensor:
         views = views.to(self.settings.device, non_blocking=True)
-        return views.contiguous(memory_format=torch.channels_last) if self.settings.channels_last else views
+        return views.contiguous(memory_format=torch.channels_last) if self.channels_last else views
 
     def step(self) -> None:
         (x_query, x_key), _ = self._next if self._next is not None else next(self.batches)
@@ -270,8 +271,7 @@ class Ours(Contender):
     def __init__(self, method: str, data: ImageTensorDataset, settings: Settings, total_steps: int = 10_000):
         self.name, self.settings, self.total_steps, self.global_step = method, settings, total_steps, 0
         self.method = build_method(method, settings).to(settings.device)
-        if settings.channels_last:
-            self.method.to(memory_format=torch.channels_last)
+        self.method.use_channels_last(settings.device)
         if settings.compile:
             self.method.online = torch.compile(self.method.online)
             self.method.target_encoder = torch.compile(self.method.target_encoder)

@@ -281,8 +281,7 @@ class Trainer:
         if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
             # Under shuffle-BN the key encoder's groups keep their own statistics.
             nn.SyncBatchNorm.convert_sync_batchnorm(method.online if method.shuffle_bn is not None else method)
-        if method.channels_last:
-            method = method.to(memory_format=torch.channels_last)
+        method.use_channels_last(accelerator.device)
         if config.compile:
             method.online = torch.compile(method.online)
             method.target_encoder = torch.compile(method.target_encoder)

@@ -11,6 +11,7 @@ from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
 from softcontrast.components.backbones import Backbone, Encoder
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.memory_format import cpu_channels_last_hazards, to_channels_last
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.queue import MemoryQueue
@@ -70,7 +71,8 @@ class ContrastiveMethod(nn.Module):
         support_views: S, number of momentum embeddings per image handed to the
             target builder as ``support`` (the key view counts as one; 0 = none).
         support_view: recipe of the extra support views (defaults to ``query_view``).
-        channels_last: feed views in channels-last memory format.
+        channels_last: feed views in channels-last memory format (on the CPU only for
+            networks where it is safe: :mod:`~softcontrast.components.memory_format`).
         shuffle_bn: encode keys with shuffle-BN / split-BN
             (:class:`~softcontrast.components.shuffle_bn.ShuffleBatchNorm`); ``None``
             encodes each batch of key views in one pass.
@@ -124,6 +126,7 @@ class ContrastiveMethod(nn.Module):
         self.symmetric = symmetric
         self.support_views = support_views
         self.channels_last = channels_last
+        self._channels_last_safe_on_cpu = not cpu_channels_last_hazards(self.online)
         self.shuffle_bn = shuffle_bn
         self.small_crops = small_crops
         self._pending: list[tuple[Tensor, Tensor]] = []
@@ -154,8 +157,17 @@ class ContrastiveMethod(nn.Module):
         """Side length of the query view."""
         return self.query_augment.recipe.size
 
+    def use_channels_last(self, device: torch.device | str) -> bool:
+        """Puts the weights in channels-last when it was asked for and is safe on ``device``
+        (:func:`~softcontrast.components.memory_format.to_channels_last`); otherwise turns it
+        off. Returns whether it is on."""
+        self.channels_last = self.channels_last and to_channels_last(self, device)
+        return self.channels_last
+
     def _prepare(self, views: Tensor) -> Tensor:
-        return views.contiguous(memory_format=torch.channels_last) if self.channels_last else views
+        if self.channels_last and (views.device.type != "cpu" or self._channels_last_safe_on_cpu):
+            return views.contiguous(memory_format=torch.channels_last)
+        return views
 
     def embed_keys(self, views: Tensor) -> Tensor:
         """Momentum embeddings (no gradient) of ``views``."""
