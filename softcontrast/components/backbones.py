@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from softcontrast.components.precision import full_precision
+
 RESNET_LAYERS = {
     "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
     "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
@@ -131,8 +133,9 @@ class Encoder(nn.Module):
         self.projector = projector
 
     def forward(self, images: Tensor) -> Tensor:
-        """Returns ``B×D`` L2-normalised embeddings."""
-        return F.normalize(self.projector(self.backbone(images)), dim=-1)
+        """Returns ``B×D`` L2-normalised embeddings, normalised in float32 (or float64)
+        even when autocast made the projector's output bfloat16."""
+        return F.normalize(full_precision(self.projector(self.backbone(images))), dim=-1)
 
 
 def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2) -> MLPHead:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from softcontrast.components.distributed import gather_no_grad, rank
+from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.queue import EMPTY_ID, MemoryQueue
 
 
@@ -50,18 +51,20 @@ class LogitColumns:
     def build(cls, keys: Tensor, ids: Tensor, queue: MemoryQueue, in_batch: bool = False) -> "LogitColumns":
         """Lays out the columns for local ``keys`` with sample ``ids`` and a queue.
 
-        With ``in_batch=True`` the keys and ids of all processes are gathered.
+        With ``in_batch=True`` the keys and ids of all processes are gathered. Keys
+        and columns are kept in float32 at least (bfloat16 keys are upcast).
         """
+        keys = full_precision(keys)
         batch = keys.shape[0]
         rows = torch.arange(batch, device=keys.device)
         if in_batch:
             all_keys, all_ids = gather_no_grad(keys), gather_no_grad(ids)
-            shared = torch.cat([all_keys, queue.keys.to(keys.dtype)])
+            shared = full_precision(torch.cat([all_keys, queue.keys]))
             column_ids = torch.cat([all_ids, queue.ids])
             positive = rows + rank() * batch
             queue_start = all_keys.shape[0]
         else:
-            shared = queue.keys.to(keys.dtype)
+            shared = full_precision(queue.keys)
             column_ids = queue.ids
             positive = torch.zeros_like(rows)
             queue_start = 1
@@ -78,11 +81,12 @@ class LogitColumns:
         return self.mask.shape[1]
 
     def scores(self, x: Tensor) -> Tensor:
-        """``x_i · C_ij`` for every row ``i`` and column ``j`` (``B×N``)."""
-        shared = x @ self.shared.to(x.dtype).T
+        """``x_i · C_ij`` for every row ``i`` and column ``j`` (``B×N``), in float32 at
+        least and outside autocast (:func:`~softcontrast.components.precision.similarities`)."""
+        shared = similarities(x, self.shared)
         if self.in_batch:
             return shared
-        own = (x * self.keys.to(x.dtype)).sum(dim=-1, keepdim=True)
+        own = (full_precision(x) * self.keys).sum(dim=-1, keepdim=True)
         return torch.cat([own, shared], dim=1)
 
     def positive_one_hot(self, dtype: torch.dtype = torch.float32) -> Tensor:

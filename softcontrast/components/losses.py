@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from softcontrast.components.precision import full_precision
+
 
 def masked_log_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
     """``log softmax`` over the columns not flagged in ``mask`` (masked entries are ``-inf``)."""
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
-    return torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+    return torch.log_softmax(full_precision(logits), dim=-1)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:

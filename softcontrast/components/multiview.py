@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from softcontrast.components.augment import BatchAugment, ViewRecipe
 from softcontrast.components.distributed import gather_no_grad, rank
+from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.queue import EMPTY_ID
 
 Encode = Callable[[Tensor], Tensor]
@@ -188,7 +189,7 @@ class ViewColumns:
             memory: earlier blocks' view entries, or ``None``.
         """
         batch, num_views, dim = momentum.shape
-        block = gather_no_grad(momentum.detach().contiguous()).reshape(-1, dim)
+        block = full_precision(gather_no_grad(momentum.detach().contiguous())).reshape(-1, dim)
         block_ids = gather_no_grad(ids).repeat_interleave(num_views)
         block_views = torch.arange(num_views, device=ids.device).repeat(block.shape[0] // num_views)
         parts = [(block, block_ids, block_views)]
@@ -213,8 +214,9 @@ class ViewColumns:
         return rows + self.first_image * self.num_views
 
     def scores(self, x: Tensor) -> Tensor:
-        """``x_r · c_n`` for every row and column (``R×N``)."""
-        return x @ self.embeddings.to(x.dtype).T
+        """``x_r · c_n`` for every row and column (``R×N``), in float32 at least and
+        outside autocast (:func:`~softcontrast.components.precision.similarities`)."""
+        return similarities(x, self.embeddings)
 
     def layout(self, row_ids: Tensor, own: Tensor) -> ViewLayout:
         """Positives and mask of anchor rows.

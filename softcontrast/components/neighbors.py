@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from softcontrast.components.precision import similarities
+
 BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "auto")
 Backend = Literal["torch", "faiss-flat", "faiss-ivf", "auto"]
 
@@ -264,7 +266,7 @@ class NeighborSearch:
         queries = queries.to(vectors.device)
         best_scores = best_positions = None
         for start in range(0, vectors.shape[0], self.chunk_size):
-            block = queries @ vectors[start : start + self.chunk_size].T
+            block = similarities(queries, vectors[start : start + self.chunk_size])
             scores, positions = block.topk(min(k, block.shape[1]), dim=1)
             positions = positions + start
             if best_scores is not None:

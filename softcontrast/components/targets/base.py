@@ -8,6 +8,7 @@ from typing import Protocol
 from torch import Tensor
 
 from softcontrast.components.columns import LogitColumns
+from softcontrast.components.precision import full_precision
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,6 @@ class TargetBuilder(Protocol):
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """Softmax over unmasked columns; all-masked rows give all zeros (not NaN)."""
-    probabilities = scores.float().masked_fill(mask, float("-inf")).softmax(dim=-1)
+    """Softmax over unmasked columns, in float32 at least; all-masked rows give all zeros (not NaN)."""
+    probabilities = full_precision(scores).masked_fill(mask, float("-inf")).softmax(dim=-1)
     return probabilities.nan_to_num(0.0)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from softcontrast.components.columns import LogitColumns
+from softcontrast.components.precision import full_precision
 from softcontrast.components.targets.base import Targets
 
 
@@ -47,8 +48,8 @@ def key_distributions(
         ``q`` is zero at the positive and its rows sum to 1, or are all zero when
         the row has no unmasked column besides the positive.
     """
-    # float32 at least (float64 stays float64); all-masked rows give zeros, not NaN.
-    scores = key_scores.to(torch.promote_types(key_scores.dtype, torch.float32)) / temperature
+    # All-masked rows give zeros, not NaN.
+    scores = full_precision(key_scores) / temperature
     p = scores.masked_fill(mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
     q = scores.masked_fill(mask | positive_one_hot.bool(), float("-inf")).softmax(dim=-1).nan_to_num(0.0)
     return p, q
@@ -188,7 +189,7 @@ class SelfLabelingRefinery(nn.Module):
     def forward(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
         """Builds ``ȳ`` from the keys' similarities to the columns (``support`` is ignored)."""
         with torch.no_grad():
-            key_scores = columns.scores(columns.keys.float())
+            key_scores = columns.scores(columns.keys)
             target = self_labeling_target(
                 key_scores, columns.positive_one_hot(), columns.mask, self.mu, self.temperature, self.use_p, self.use_q
             )

@@ -56,6 +56,6 @@ class SimilarityTargets:
     def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
         """Builds the SCE target from the keys' similarities to the columns."""
         with torch.no_grad():
-            key_scores = columns.scores(columns.keys.float())
+            key_scores = columns.scores(columns.keys)
             target = similarity_target(key_scores, columns.positive_one_hot(), columns.mask, self.lam, self.tau_m)
         return Targets(target, columns.mask)
