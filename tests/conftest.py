@@ -43,3 +43,20 @@ def run_two_processes():
         assert completed.returncode == 0, completed.stderr[-3000:]
 
     return run
+
+
+@pytest.fixture
+def recording_search():
+    """Makes real :class:`NeighborSearch` objects that also record every ``k`` asked of them (``.asked``)."""
+    from softcontrast.components.neighbors import NeighborSearch
+
+    class RecordingSearch(NeighborSearch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.asked: list[int] = []
+
+        def search(self, queries, k):
+            self.asked.append(k)
+            return super().search(queries, k)
+
+    return RecordingSearch

@@ -18,6 +18,7 @@ from softcontrast.components.targets.false_negatives import (
     aggregated_neighbors,
     detected_false_negatives,
     max_per_id,
+    queue_false_negatives,
     queue_part,
 )
 from softcontrast.methods import FNCOnMoCo as FNC
@@ -249,3 +250,16 @@ def test_fnc_with_a_bank_trains_and_fills_the_bank():
     assert method.bank.written.all()
     assert "bank.embeddings" in method.state_dict()
     assert output.metrics["false_negatives_per_row"] > 0
+
+
+def test_queue_search_keeps_one_index_and_asks_for_no_more_than_the_filled_slots(recording_search):
+    builder = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="faiss-flat")
+    exact = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="torch")
+    recording, indexes = recording_search("faiss-flat"), []
+    for seed in (5, 6):
+        columns, support = random_step(seed, batch=4, views=3, fill=32, capacity=4096, dim=8, duplicates=2)
+        assert torch.equal(builder.false_negatives(columns, support), exact.false_negatives(columns, support))
+        queue_false_negatives(columns, support, recording, 3, -1.0, "max")
+        indexes.append(builder.search.faiss_index)
+    assert indexes[0] is indexes[1] and indexes[0].ntotal == 34
+    assert max(recording.asked) <= 34

@@ -17,7 +17,11 @@ from softcontrast.components.augment import for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import resnet
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.multiview import ViewColumns, ViewMemory
-from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
+from softcontrast.components.targets.view_false_negatives import (
+    ViewFalseNegatives,
+    view_false_negatives,
+    view_fnc_loss,
+)
 from softcontrast.methods import FNC, FNCOnMoCo
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -266,3 +270,18 @@ def test_example_variants_build_the_published_objective_or_the_moco_adaptation()
     with pytest.raises(ValueError, match="support_views"):
         example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco",
                                                                        "support_views": 0}))
+
+
+def test_column_search_keeps_one_index_and_asks_for_no_more_than_the_filled_columns(recording_search):
+    builder = ViewFalseNegatives(top_k=3, threshold=-1.0, backend="faiss-flat")
+    exact = ViewFalseNegatives(top_k=3, threshold=-1.0, backend="torch")
+    recording, indexes = recording_search("faiss-flat"), []
+    for seed in (8, 9):
+        _, momentum, ids, memory = step(seed, images=3, views=3, fill=10, capacity=4096, dim=8, own_copies=2)
+        columns = ViewColumns.build(momentum, ids, memory)
+        found = builder.false_negatives(columns, momentum, ids)
+        assert torch.equal(found, exact.false_negatives(columns, momentum, ids))
+        view_false_negatives(columns, momentum, ids, recording, 3, -1.0, "max")
+        indexes.append(builder.search.faiss_index)
+    assert indexes[0] is indexes[1] and indexes[0].ntotal == 9 + 12  # the block, the filled memory slots
+    assert max(recording.asked) <= 9 + 12

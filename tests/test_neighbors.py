@@ -1,5 +1,7 @@
 """NeighborSearch backends against brute force, and the EmbeddingBank."""
 
+import itertools
+
 import faiss
 import pytest
 import torch
@@ -155,3 +157,150 @@ def test_bank_rejects_bad_sizes():
         EmbeddingBank(10, 4, refresh_every=0)
     with pytest.raises(ValueError, match="num_samples"):
         EmbeddingBank(0, 4)
+
+
+def refill(search, vectors, ids=None):
+    search.reset()
+    search.add(vectors, ids)
+    search.build()
+
+
+def centroids(search):
+    quantizer = search.faiss_index.quantizer
+    return quantizer.reconstruct_n(0, quantizer.ntotal)
+
+
+@pytest.mark.parametrize("backend", ("faiss-flat", "faiss-ivf"))
+def test_faiss_index_is_made_once_and_refilled_with_exact_results(backend):
+    search = NeighborSearch(backend, nlist=4, nprobe=4)  # IVF scanning all lists is exact
+    indexes = []
+    for step in range(3):
+        index, queries = clustered(300, 8, 30 + step), unit(5, 8, 40 + step)
+        refill(search, index)
+        scores, _ = search.search(queries, 7)
+        torch.testing.assert_close(scores, brute_force(queries, index, torch.arange(300), 7)[0], atol=1e-5, rtol=0)
+        indexes.append(search.faiss_index)
+    assert all(index is indexes[0] for index in indexes)
+
+
+def test_ivf_lists_are_trained_once_then_again_on_growth_or_on_schedule():
+    grows = NeighborSearch("faiss-ivf", nlist=4, nprobe=4)
+    refill(grows, clustered(200, 8, 50))
+    trained = centroids(grows)
+    for seed, count in ((51, 200), (52, 399)):
+        refill(grows, clustered(count, 8, seed))
+        assert torch.equal(centroids(grows), trained)
+    refill(grows, clustered(400, 8, 53))  # twice the vectors the lists were trained on
+    assert not torch.equal(centroids(grows), trained)
+
+    scheduled = NeighborSearch("faiss-ivf", nlist=4, nprobe=4, retrain_every=2, retrain_growth=None)
+    history = []
+    for seed in range(54, 59):
+        refill(scheduled, clustered(200 if seed < 57 else 1000, 8, seed))
+        history.append(centroids(scheduled))
+    retrained = [not torch.equal(after, before) for before, after in itertools.pairwise(history)]
+    assert retrained == [False, True, False, True]
+
+
+@pytest.mark.parametrize("backend", ("torch", "faiss-flat", "faiss-ivf"))
+def test_entries_with_negative_ids_are_never_returned_and_faiss_leaves_them_out(backend):
+    vectors, queries = unit(160, 8, 60), unit(6, 8, 61)
+    filled = torch.arange(160) % 4 == 0
+    search = NeighborSearch(backend, nlist=4, nprobe=4)
+    search.add(vectors, torch.arange(160).masked_fill(~filled, -1))
+    scores, found = search.search(queries, 50)
+    expected_scores, expected_ids = brute_force(queries, vectors[filled], torch.arange(160)[filled], 40)
+    assert torch.equal(found[:, :40], expected_ids)
+    torch.testing.assert_close(scores[:, :40], expected_scores, atol=1e-5, rtol=0)
+    assert (found[:, 40:] == -1).all() and (scores[:, 40:] == float("-inf")).all()
+    if backend != "torch":
+        assert search.faiss_index.ntotal == 40 and found.shape[1] == 40
+
+
+def test_ivf_bank_is_searchable_before_its_first_refresh_and_keeps_its_index():
+    bank = EmbeddingBank(num_samples=200, dim=8, backend="faiss-ivf", nlist=4, nprobe=4)
+    queries = unit(3, 8, 62)
+    assert bank.search(queries, 5)[1].shape == (3, 0)
+    bank.update(clustered(200, 8, 63), torch.arange(200))
+    bank.search(queries, 5)
+    index, trained = bank.index.faiss_index, centroids(bank.index)
+    embeddings = clustered(200, 8, 64)
+    bank.update(embeddings, torch.arange(200))
+    scores, _ = bank.search(queries, 5)
+    assert bank.index.faiss_index is index and torch.equal(centroids(bank.index), trained)
+    torch.testing.assert_close(scores, brute_force(queries, embeddings, torch.arange(200), 5)[0], atol=1e-5, rtol=0)
+
+
+class StandInGpuFaiss:
+    """faiss whose "GPU" indexes are its CPU indexes: records the GPU, the resources and every k asked."""
+
+    def __init__(self):
+        self.resources, self.placed, self.asked = 0, [], []
+
+    def __getattr__(self, name):
+        return getattr(faiss, name)
+
+    def get_num_gpus(self):
+        return 2
+
+    def StandardGpuResources(self):
+        self.resources += 1
+        return object()
+
+    def index_cpu_to_gpu(self, resources, gpu, index):
+        self.placed.append(gpu)
+        return StandInGpuIndex(index, self.asked)
+
+
+class StandInGpuIndex:
+    def __init__(self, index, asked):
+        self.__dict__.update(index=index, asked=asked)
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.index, name, value)
+
+    def search(self, queries, k):
+        self.asked.append(k)
+        return self.index.search(queries, k)
+
+
+@pytest.fixture
+def gpu_faiss(monkeypatch):
+    """The stand-in faiss, seen from a process whose current GPU is 1."""
+    from softcontrast.components import neighbors
+
+    stand_in = StandInGpuFaiss()
+    monkeypatch.setattr(neighbors, "_faiss", lambda: stand_in)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    neighbors.gpu_resources.cache_clear()
+    yield stand_in
+    neighbors.gpu_resources.cache_clear()
+
+
+def test_faiss_gpu_index_lives_on_the_process_device_with_one_shared_resources(gpu_faiss):
+    searches = [NeighborSearch("faiss-flat", device="cuda"), NeighborSearch("faiss-flat", device="cuda")]
+    for step in range(3):
+        index, queries = unit(100, 8, 70 + step), unit(4, 8, 80 + step)
+        for search in searches:
+            refill(search, index)
+            scores, found = search.search(queries, 5)
+            expected_scores, expected_ids = brute_force(queries, index, torch.arange(100), 5)
+            assert torch.equal(found, expected_ids)
+            torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=0)
+    assert gpu_faiss.placed == [1, 1] and gpu_faiss.resources == 1
+    refill(NeighborSearch("faiss-flat", device="cuda:0"), index)
+    assert gpu_faiss.placed == [1, 1, 0] and gpu_faiss.resources == 2
+
+
+def test_faiss_gpu_k_is_capped_by_the_filled_entries_and_refused_above_the_gpu_limit(gpu_faiss):
+    vectors, queries = unit(3000, 8, 90), unit(2, 8, 91)
+    search = NeighborSearch("faiss-flat", device="cuda")
+    search.add(vectors, torch.arange(3000).masked_fill(torch.arange(3000) >= 100, -1))
+    assert search.search(queries, 2500)[1].shape == (2, 100) and gpu_faiss.asked == [100]
+    refill(search, vectors)
+    with pytest.raises(ValueError, match="at most 2048 neighbours per query, asked for k=2049.*lower k"):
+        search.search(queries, 2049)
+    assert search.search(queries, 2048)[1].shape == (2, 2048) and gpu_faiss.asked == [100, 2048]

@@ -14,10 +14,17 @@ One interface, :meth:`NeighborSearch.add` / :meth:`~NeighborSearch.reset` /
 Stored vectors are L2-normalised on :meth:`~NeighborSearch.add`. Queries are used
 as given, so scores are ``q · x̂``: cosines for unit queries, and for the mean of
 unit vectors the mean of their cosines (what FNC's ``mean`` aggregation needs).
+Entries added under a negative id (an empty memory slot) are never returned.
+
+A FAISS index is made once and refilled after :meth:`~NeighborSearch.reset` (its
+IVF lists kept, see ``retrain_every`` and ``retrain_growth``). On a GPU it lives on
+the process's device, with one ``StandardGpuResources`` per process and device
+(:func:`gpu_resources`), and finds at most :data:`FAISS_GPU_MAX_K` neighbours.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -39,6 +46,7 @@ MEASURED_CPU: dict[int, dict[str, tuple[float, float, float]]] = {
     1048576: {"torch": (0.541, 12.355, 1.0000), "faiss-flat": (1.002, 5.663, 1.0000), "faiss-ivf": (6.229, 0.874, 1.0000)},
 }
 AUTO_MIN_RECALL = 0.95
+FAISS_GPU_MAX_K = 2048  # FAISS's GPU k-selection returns at most this many neighbours per query
 
 
 def _faiss():
@@ -54,6 +62,23 @@ def faiss_gpu_count() -> int:
     """Number of GPUs faiss can use (0 without faiss GPU support)."""
     faiss = _faiss()
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@functools.cache
+def gpu_resources(device: int):
+    """This process's one ``faiss.StandardGpuResources`` for GPU ``device``, made at first use."""
+    return _faiss().StandardGpuResources()
+
+
+def faiss_device(requested: torch.device | None, data: torch.device) -> torch.device:
+    """Where a FAISS index lives: ``requested``, else the data's GPU where faiss sees
+    one, else the CPU. A GPU without an index is the process's current device
+    (``torch.cuda.current_device()``, set per process by the launcher)."""
+    if requested is None:
+        requested = data if data.type == "cuda" and faiss_gpu_count() > 0 else torch.device("cpu")
+    if requested.type == "cuda" and requested.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return requested
 
 
 def auto_backend(size: int, device: torch.device | str = "cpu", searches_per_build: float = 1.0) -> str:
@@ -87,17 +112,23 @@ class NeighborSearch:
 
     Args:
         backend: ``torch``, ``faiss-flat``, ``faiss-ivf`` or ``auto``.
-        device: where a FAISS index lives: ``"cuda"`` (needs faiss GPU support),
-            ``"cpu"``, or ``None`` to follow the added tensors (GPU when they are on
-            CUDA and faiss sees a GPU). The ``torch`` backend always computes where
-            the added tensors are.
+        device: where a FAISS index lives: ``"cuda"`` (the process's current GPU;
+            needs faiss GPU support), ``"cuda:N"``, ``"cpu"``, or ``None`` to follow
+            the added tensors (their GPU when they are on CUDA and faiss sees a GPU).
+            The ``torch`` backend always computes where the added tensors are.
         chunk_size: index rows scored at once by the ``torch`` backend.
-        nlist: IVF lists (default :func:`default_nlist` of the index size).
+        nlist: IVF lists (default :func:`default_nlist` of the vectors it is trained on).
         nprobe: IVF lists scanned per query.
         train_size: at most this many vectors (a seeded random subsample) train IVF.
         seed: seed of the IVF training subsample and k-means.
         searches_per_build: searches one build serves, for ``auto``'s choice
             (see :func:`auto_backend`).
+        retrain_every: IVF lists are trained at the first build that has vectors
+            and kept across :meth:`reset`; with ``retrain_every = N`` they are
+            trained again at every N-th refill after that (``None``: only as below).
+        retrain_growth: the IVF lists are trained again at a refill of at least this
+            many times the vectors they were trained on, so a filling queue or bank
+            is retrained a few times, then never (``None``: never for growth).
 
     Raises:
         ValueError: unknown backend, non-positive sizes, or a FAISS GPU index
@@ -114,14 +145,17 @@ class NeighborSearch:
         train_size: int = 65_536,
         seed: int = 0,
         searches_per_build: float = 1.0,
+        retrain_every: int | None = None,
+        retrain_growth: float | None = 2.0,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown neighbor-search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        for name, value in (("chunk_size", chunk_size), ("nprobe", nprobe), ("train_size", train_size)):
-            if value < 1:
+        for name, value in (("chunk_size", chunk_size), ("nprobe", nprobe), ("train_size", train_size),
+                            ("nlist", nlist), ("retrain_every", retrain_every)):
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if nlist is not None and nlist < 1:
-            raise ValueError(f"nlist must be >= 1, got {nlist}")
+        if retrain_growth is not None and not retrain_growth > 1:
+            raise ValueError(f"retrain_growth must be > 1 (or None), got {retrain_growth}")
         self.device = None if device is None else torch.device(device)
         if backend.startswith("faiss") and self.device is not None and self.device.type == "cuda":
             if faiss_gpu_count() == 0:
@@ -136,15 +170,22 @@ class NeighborSearch:
         self.train_size = train_size
         self.seed = seed
         self.searches_per_build = searches_per_build
+        self.retrain_every = retrain_every
+        self.retrain_growth = retrain_growth
+        self._index = None
+        self._index_key: tuple[str, int, torch.device] | None = None
+        self._trained_on = 0
+        self._refills_since_training = 0
         self.reset()
 
     def reset(self) -> None:
-        """Empties the index."""
+        """Empties the index (a FAISS index is kept, emptied, for the next fill)."""
         self._pending: list[tuple[Tensor, Tensor]] = []
         self._vectors: Tensor | None = None
         self._ids: Tensor | None = None
-        self._index = None
         self._resolved: str | None = None
+        if self._index is not None:
+            self._index.reset()
 
     def __len__(self) -> int:
         stored = 0 if self._ids is None else self._ids.shape[0]
@@ -155,6 +196,11 @@ class NeighborSearch:
         """The backend in use (``auto`` resolved), once the index is built."""
         return self._resolved
 
+    @property
+    def faiss_index(self):
+        """The FAISS index (``None`` before the first FAISS build); the same object across refills."""
+        return self._index
+
     @torch.no_grad()
     def add(self, embeddings: Tensor, ids: Tensor | None = None) -> None:
         """Adds ``embeddings`` (``n×D``), L2-normalised, under ``ids`` (``n``, int).
@@ -162,6 +208,8 @@ class NeighborSearch:
         Args:
             embeddings: vectors to index.
             ids: what :meth:`search` returns for them (default: running positions).
+                A negative id marks an empty entry (such as ``EMPTY_ID``): it is
+                never returned, and a FAISS index leaves it out.
         """
         if embeddings.ndim != 2:
             raise ValueError(f"embeddings must be n×D, got shape {tuple(embeddings.shape)}")
@@ -175,7 +223,9 @@ class NeighborSearch:
     def build(self) -> None:
         """Indexes everything added so far (otherwise done by the next :meth:`search`).
 
-        The first build resolves ``auto`` and, for ``faiss-ivf``, trains the lists.
+        The first build after :meth:`reset` resolves ``auto``; a FAISS index is
+        made (and IVF trained) only when there is none of this backend, size and
+        device yet, or when its IVF lists are due for training.
         """
         if not self._pending:
             return
@@ -192,41 +242,54 @@ class NeighborSearch:
             if self.device is not None:
                 vectors = vectors.to(self.device)
             self._vectors = vectors if self._vectors is None else torch.cat([self._vectors, vectors.to(self._vectors)])
+            ids = ids.to(self._vectors.device)
         else:
+            filled = ids >= 0
+            vectors, ids = vectors[filled], ids[filled]
             self._faiss_add(vectors)
-        ids = ids.to(self._vectors.device if self._vectors is not None else vectors.device)
         self._ids = ids if self._ids is None else torch.cat([self._ids.to(ids.device), ids])
 
-    def _faiss_on_gpu(self, vectors: Tensor) -> bool:
-        if self.device is not None:
-            return self.device.type == "cuda"
-        return vectors.is_cuda and faiss_gpu_count() > 0
-
     def _faiss_add(self, vectors: Tensor) -> None:
+        if vectors.shape[0] == 0:
+            return
+        key = (self._resolved, vectors.shape[1], faiss_device(self.device, vectors.device))
+        if self._index is None or self._index.ntotal == 0:
+            if self._index_key != key or self._due_for_training(vectors.shape[0]):
+                self._index_key = key
+                self._index = self._new_faiss_index(vectors)
+            self._refills_since_training += 1
+        self._index.add(self._for_index(vectors))
+
+    def _due_for_training(self, count: int) -> bool:
+        if self._resolved != "faiss-ivf":
+            return False
+        due = self.retrain_every is not None and self._refills_since_training >= self.retrain_every
+        return due or (self.retrain_growth is not None and count >= self.retrain_growth * self._trained_on)
+
+    def _new_faiss_index(self, vectors: Tensor):
         faiss = _faiss()
-        if self._index is None:
-            dim = vectors.shape[1]
-            on_gpu = self._faiss_on_gpu(vectors)
-            if self._resolved == "faiss-flat":
-                index = faiss.IndexFlatIP(dim)
-            else:
-                nlist = self.nlist or default_nlist(vectors.shape[0])
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-                index.cp.seed = self.seed
-            self._faiss_device = torch.device("cpu")
-            if on_gpu:
-                gpu = (self.device or vectors.device).index or 0
-                self._resources = faiss.StandardGpuResources()
-                index = faiss.index_cpu_to_gpu(self._resources, gpu, index)
-                self._faiss_device = torch.device("cuda", gpu)
-            self._index = index
-            if self._resolved == "faiss-ivf":
-                generator = torch.Generator().manual_seed(self.seed)
-                count = min(self.train_size, vectors.shape[0])
-                sample = torch.randperm(vectors.shape[0], generator=generator)[:count].to(vectors.device)
-                self._index.train(vectors[sample].to(self._faiss_device).contiguous())
-                self._index.nprobe = self.nprobe
-        self._index.add(vectors.to(self._faiss_device).contiguous())
+        backend, dim, device = self._index_key
+        if backend == "faiss-flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            nlist = self.nlist or default_nlist(vectors.shape[0])
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = self.seed
+        if device.type == "cuda":
+            index = faiss.index_cpu_to_gpu(gpu_resources(device.index), device.index, index)
+        if backend == "faiss-ivf":
+            generator = torch.Generator().manual_seed(self.seed)
+            count = min(self.train_size, vectors.shape[0])
+            sample = torch.randperm(vectors.shape[0], generator=generator)[:count].to(vectors.device)
+            index.train(self._for_index(vectors[sample]))
+            index.nprobe = self.nprobe
+            self._trained_on, self._refills_since_training = vectors.shape[0], 0
+        return index
+
+    def _for_index(self, tensor: Tensor) -> Tensor:
+        """``tensor`` as the FAISS index reads it: CUDA tensors on the index's device,
+        host tensors as they are (a GPU index copies host memory itself)."""
+        return (tensor.to(self._index_key[2]) if tensor.is_cuda else tensor).contiguous()
 
     @torch.no_grad()
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -234,12 +297,18 @@ class NeighborSearch:
 
         Args:
             queries: ``Q×D`` (used as given; pass unit vectors for cosines).
-            k: neighbours per query, ``>= 1``. At most the index size are returned.
+            k: neighbours per query, ``>= 1``. At most the index size are returned
+                (for FAISS: its filled entries); at most :data:`FAISS_GPU_MAX_K` on a GPU.
 
         Returns:
-            ``(scores, indices)``, both ``Q×min(k, len(self))`` on the queries'
-            device, best first; ``indices`` are the ids given to :meth:`add`. IVF
-            may find fewer than ``k``: missing hits have score ``-inf`` and id ``-1``.
+            ``(scores, indices)``, both ``Q×min(k, size)`` on the queries' device,
+            best first; ``indices`` are the ids given to :meth:`add`. Missing hits
+            (IVF may find fewer than ``k``; the ``torch`` backend keeps empty
+            entries in its size) have score ``-inf`` and id ``-1``.
+
+        Raises:
+            ValueError: ``k < 1``, queries not ``Q×D``, or a FAISS GPU index asked
+                for more than :data:`FAISS_GPU_MAX_K` neighbours.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -255,11 +324,17 @@ class NeighborSearch:
         if self._resolved == "torch":
             scores, positions = self._torch_search(queries, k)
         else:
-            scores, positions = self._index.search(queries.to(self._faiss_device).contiguous(), k)
+            if self._index_key[2].type == "cuda" and k > FAISS_GPU_MAX_K:
+                raise ValueError(
+                    f"FAISS on a GPU finds at most {FAISS_GPU_MAX_K} neighbours per query, asked for k={k} "
+                    f"of {size} filled entries: lower k (FNC asks for top_k, --top-k, plus the row's own "
+                    "entries), or use the 'torch' backend on the GPU"
+                )
+            scores, positions = self._index.search(self._for_index(queries), k)
             scores, positions = scores.to(queries.device), positions.to(queries.device)
-        found = positions >= 0
-        ids = self._ids.to(queries.device)[positions.clamp(min=0)]
-        return scores.masked_fill(~found, float("-inf")), ids.masked_fill(~found, -1)
+        ids = self._ids.to(queries.device)[positions.clamp(min=0)].masked_fill(positions < 0, -1)
+        found = ids >= 0
+        return scores.masked_fill(~found, float("-inf")), ids
 
     def _torch_search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         vectors = self._vectors
@@ -267,6 +342,7 @@ class NeighborSearch:
         best_scores = best_positions = None
         for start in range(0, vectors.shape[0], self.chunk_size):
             block = similarities(queries, vectors[start : start + self.chunk_size])
+            block = block.masked_fill(self._ids[start : start + self.chunk_size] < 0, float("-inf"))
             scores, positions = block.topk(min(k, block.shape[1]), dim=1)
             positions = positions + start
             if best_scores is not None:

@@ -17,7 +17,7 @@ top-k, and the mean of similarities is the similarity to the mean embedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import Tensor
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.neighbors import Backend, NeighborSearch
+from softcontrast.components.queue import EMPTY_ID
 from softcontrast.components.targets.base import Targets
 
 STRATEGIES = ("eliminate", "attract")
@@ -108,17 +109,18 @@ def queue_false_negatives(
 ) -> Tensor:
     """``F_i`` over the queue columns, searching the queue itself.
 
-    The search asks for ``top_k`` plus the most masked queue columns of any row
-    (one host read), so the ``top_k`` best unmasked columns are always among the
-    candidates.
+    Empty slots are not indexed; the search asks for ``top_k`` plus the most masked
+    filled queue columns of any row (one host read), so the ``top_k`` best unmasked
+    columns are always among the candidates.
 
     Returns:
         ``B×N`` flags of the detected false-negative columns.
     """
-    queue, _, masked = queue_part(columns)
+    queue, queue_ids, masked = queue_part(columns)
+    empty = queue_ids == EMPTY_ID
     search.reset()
-    search.add(queue, torch.arange(queue.shape[0], device=queue.device))
-    extra = int(masked.sum(dim=1).max()) if masked.numel() else 0
+    search.add(queue, torch.arange(queue.shape[0], device=queue.device).masked_fill(empty, EMPTY_ID))
+    extra = int((masked & ~empty).sum(dim=1).max()) if masked.numel() else 0
     scores, slots = aggregated_neighbors(search, support, top_k + extra, aggregation)
     blocked = (slots < 0) | masked.gather(1, slots.clamp(min=0))
     chosen = select_false_negatives(scores, blocked, top_k, threshold)
@@ -217,7 +219,8 @@ class FalseNegativeCancellation:
             ``[-1, 1]`` (paper: 0.7).
         strategy: ``attract`` (paper's best) or ``eliminate``.
         aggregation: ``max`` or ``mean`` over the support views.
-        backend: :class:`NeighborSearch` backend for the queue search.
+        backend: :class:`NeighborSearch` backend for the queue search (its index,
+            ``search``, is made once and refilled every step).
         bank: search this dataset-wide :class:`EmbeddingBank` instead of the
             queue; queue columns holding a found image are its false negatives.
             The paper searches the negatives of the batch; the bank is an option.
@@ -229,9 +232,11 @@ class FalseNegativeCancellation:
     aggregation: str = "max"
     backend: Backend = "torch"
     bank: EmbeddingBank | None = None
+    search: NeighborSearch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_detection_settings(self.top_k, self.threshold, self.strategy, self.aggregation, self.backend)
+        object.__setattr__(self, "search", NeighborSearch(self.backend))
 
     def false_negatives(self, columns: LogitColumns, support: Tensor | None = None) -> Tensor:
         """``B×N`` flags of the detected false negatives ``F_i``."""
@@ -240,8 +245,7 @@ class FalseNegativeCancellation:
             support = F.normalize(support.detach().float(), dim=-1)
             if self.bank is not None:
                 return bank_false_negatives(columns, support, self.bank, self.top_k, self.threshold, self.aggregation)
-            search = NeighborSearch(self.backend)
-            return queue_false_negatives(columns, support, search, self.top_k, self.threshold, self.aggregation)
+            return queue_false_negatives(columns, support, self.search, self.top_k, self.threshold, self.aggregation)
 
     def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
         """Builds the FNC target of every row from ``B×S×D`` support embeddings."""

@@ -18,7 +18,7 @@ both aggregations), or a dataset-wide :class:`~softcontrast.components.bank.Embe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -51,22 +51,23 @@ def view_false_negatives(
 ) -> Tensor:
     """``F_i`` as ``B×N`` column flags, searching the columns themselves.
 
-    The search asks for ``top_k`` plus the most blocked columns of any image (one
-    host read), so the ``top_k`` best unblocked columns are always among the candidates.
+    Empty memory slots are not indexed; the search asks for ``top_k`` plus the most
+    blocked filled columns of any image (one host read), so the ``top_k`` best
+    unblocked columns are always among the candidates.
 
     Args:
         columns: the step's view columns.
         momentum: ``B×V×D`` unit momentum embeddings ``ẑ_iv`` of the local images.
         ids: ``B`` sample ids of the local images.
-        search: an empty index (filled here with the columns).
+        search: the index (emptied and filled here with the columns).
         top_k: at most this many view entries per image.
         threshold: detected scores are ``> threshold``.
         aggregation: ``max`` or ``mean`` over the ``V`` views.
     """
-    blocked = blocked_columns(columns, ids)
+    blocked, empty = blocked_columns(columns, ids), columns.ids == EMPTY_ID
     search.reset()
-    search.add(columns.embeddings, torch.arange(columns.num_columns, device=ids.device))
-    extra = int(blocked.sum(dim=1).max())
+    search.add(columns.embeddings, torch.arange(columns.num_columns, device=ids.device).masked_fill(empty, EMPTY_ID))
+    extra = int((blocked & ~empty).sum(dim=1).max())
     scores, slots = aggregated_neighbors(search, momentum, top_k + extra, aggregation)
     chosen = select_false_negatives(scores, (slots < 0) | blocked.gather(1, slots.clamp(min=0)), top_k, threshold)
     flags = torch.zeros(ids.shape[0], columns.num_columns + 1, dtype=torch.bool, device=ids.device)
@@ -122,7 +123,8 @@ class ViewFalseNegatives:
         threshold: a detected score must exceed this cosine, in ``[-1, 1]`` (paper 0.7).
         strategy: ``attract`` or ``eliminate``.
         aggregation: ``max`` (paper) or ``mean`` over the image's ``V`` momentum views.
-        backend: :class:`NeighborSearch` backend of the search over the columns.
+        backend: :class:`NeighborSearch` backend of the search over the columns (its
+            index, ``search``, is made once and refilled every step).
         bank: search this dataset-wide bank instead; then ``top_k`` counts images and
             every column holding a found image is in ``F_i``.
     """
@@ -133,9 +135,11 @@ class ViewFalseNegatives:
     aggregation: str = "max"
     backend: Backend = "torch"
     bank: EmbeddingBank | None = None
+    search: NeighborSearch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_detection_settings(self.top_k, self.threshold, self.strategy, self.aggregation, self.backend)
+        object.__setattr__(self, "search", NeighborSearch(self.backend))
 
     @torch.no_grad()
     def false_negatives(self, columns: ViewColumns, momentum: Tensor, ids: Tensor) -> Tensor:
@@ -144,8 +148,8 @@ class ViewFalseNegatives:
         if self.bank is not None:
             return bank_view_false_negatives(columns, momentum, ids, self.bank, self.top_k, self.threshold,
                                              self.aggregation)
-        return view_false_negatives(columns, momentum, ids, NeighborSearch(self.backend), self.top_k,
-                                    self.threshold, self.aggregation)
+        return view_false_negatives(columns, momentum, ids, self.search, self.top_k, self.threshold,
+                                    self.aggregation)
 
     def __call__(self, columns: ViewColumns, layout: ViewLayout, found: Tensor) -> Targets:
         """Targets of the anchor rows; ``found`` is ``R×N`` (each row its image's ``F_i``)."""
