@@ -258,7 +258,7 @@ def build_method(name: str, settings: Settings) -> ContrastiveMethod:
         return MoCoV2(backbone, view=moco_v2_cifar(), temperature=settings.temperature, **common)
     if name == "sce":
         return SCE(backbone, query_view=sce_strong(), key_view=sce_weak(), **common)
-    if name == "fnc":  # published FNC: its memory holds 16 × batch view entries, not the queue
+    if name == "fnc":  # published FNC: a memory of 16 × batch view entries in total, not the queue
         return FNC(backbone, view=moco_v2_cifar(), temperature=settings.temperature,
                    search_backend=settings.search_backend, memory_size=16 * settings.batch_size,
                    momentum=settings.ema, channels_last=settings.channels_last)

@@ -13,6 +13,7 @@ from softcontrast.components.backbones import projector_for
 from softcontrast.components.neighbors import BACKENDS
 from softcontrast.components.targets.false_negatives import AGGREGATIONS, STRATEGIES
 from softcontrast.methods import FNC, FNCOnMoCo
+from softcontrast.methods.fnc import COLUMN_LAYOUTS
 
 #: Defaults that differ between the variants: (paper, moco).
 VARIANT_DEFAULTS = {"tau": (0.1, 0.2), "support_views": (8, 4), "momentum": (0.999, 0.99)}
@@ -43,9 +44,10 @@ def make_method(backbone, args):
     if args.variant == "moco":
         return FNCOnMoCo(backbone, projector, queue_size=args.queue_size, symmetric=args.symmetric, **common)
     memory_size = args.memory_size
-    if memory_size is None:  # the paper's memory: 16 × the global batch, in view entries
+    if memory_size is None:  # the paper's memory: 16 × the global batch view entries in total, block included
         memory_size = 16 * args.batch_size * PartialState().num_processes
-    return FNC(backbone, projector, memory_size=memory_size, loss_scale=args.loss_scale, **common)
+    return FNC(backbone, projector, memory_size=memory_size, loss_scale=args.loss_scale,
+               column_layout=args.column_layout, **common)
 
 
 if __name__ == "__main__":
@@ -57,7 +59,12 @@ if __name__ == "__main__":
                         help="paper: S views per image beyond the first two, V = 2 + S (default 8); "
                              "moco: support embeddings per image, the key included (default 4)")
     parser.add_argument("--memory-size", type=int, default=None,
-                        help="paper: view entries in the memory (default 16 × the global batch; 0 = none)")
+                        help="paper: view entries in the memory, the current block included "
+                             "(default 16 × the global batch, as published; 0 = none)")
+    parser.add_argument("--column-layout", default="published", choices=COLUMN_LAYOUTS,
+                        help="paper: published = the memory counts the block, and without memory the online "
+                             "views are the columns; library = our earlier layout (the block in front of the "
+                             "memory, momentum columns without memory)")
     parser.add_argument("--top-k", type=int, default=10, help="at most this many false negatives per image")
     parser.add_argument("--threshold", type=float, default=0.7, help="cosine a false negative must exceed")
     parser.add_argument("--strategy", default="attract", choices=STRATEGIES)

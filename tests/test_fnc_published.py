@@ -1,7 +1,6 @@
 """FNC as published: the multi-view objective against plain loops, its invariants, the method."""
 
 import importlib.util
-import math
 import subprocess
 import sys
 from argparse import Namespace
@@ -13,10 +12,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size, moco_v2_cifar, to_float
 from softcontrast.components.backbones import resnet
 from softcontrast.components.bank import EmbeddingBank
-from softcontrast.components.multiview import ViewColumns, ViewMemory
+from softcontrast.components.multiview import ViewColumns, ViewMemory, embed_views
 from softcontrast.components.targets.view_false_negatives import (
     ViewFalseNegatives,
     view_false_negatives,
@@ -48,9 +47,9 @@ def step(seed, images, views, fill, capacity, dim=4, own_copies=0, dtype=torch.f
     return anchors, momentum, ids, memory
 
 
-def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0):
+def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0, **layout):
     images, views, dim = anchors.shape
-    columns = ViewColumns.build(momentum, ids, memory)
+    columns = ViewColumns.build(momentum, ids, memory, **layout)
     found = builder.false_negatives(columns, momentum, ids)
     layout = columns.layout(ids.repeat_interleave(views), columns.own_columns(images))
     targets = builder(columns, layout, found.repeat_interleave(views, dim=0))
@@ -58,24 +57,30 @@ def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0
     return loss, columns, found, layout, targets
 
 
-def loop_loss(anchors, momentum, ids, memory, top_k, threshold, strategy, temperature, aggregation="max"):
-    """DESIGN's equations with plain Python loops."""
+def slots(memory):
+    """Every memory slot as (embedding, id), in slot order."""
+    return [(memory.embeddings[m], int(memory.ids[m])) for m in range(memory.capacity)]
+
+
+def loop_loss(anchors, momentum, ids, older, top_k, threshold, strategy, temperature, aggregation="max"):
+    """DESIGN's equations with plain Python loops: columns ``[momentum views | older]``, detectors
+    ``momentum``, ``older`` a list of (embedding, id); differentiable in the anchors and columns."""
     images, views, _ = anchors.shape
     columns = [(momentum[g, v], int(ids[g]), ("block", g, v)) for g in range(images) for v in range(views)]
-    columns += [(memory.embeddings[m], int(memory.ids[m]), ("memory", m)) for m in range(memory.capacity)]
+    columns += [(embedding, int(column_id), ("memory", m)) for m, (embedding, column_id) in enumerate(older)]
     total = 0.0
     for i in range(images):
         scores = []
         for n, (c, column_id, _) in enumerate(columns):
             if column_id == int(ids[i]) or column_id == -1:
                 continue
-            per_view = [float(momentum[i, v] @ c) for v in range(views)]
+            per_view = [float((momentum[i, v] @ c).detach()) for v in range(views)]
             scores.append((max(per_view) if aggregation == "max" else sum(per_view) / views, n))
         scores.sort(reverse=True)
         found = {n for score, n in scores[:top_k] if score > threshold}
         for a in range(views):
             own = i * views + a
-            s = {n: float(anchors[i, a] @ c) / temperature for n, (c, _, _) in enumerate(columns)}
+            s = {n: anchors[i, a] @ c / temperature for n, (c, _, _) in enumerate(columns)}
             positives = [n for n, (_, cid, where) in enumerate(columns)
                          if where[0] == "block" and cid == int(ids[i]) and n != own]
             allowed = [n for n, (_, cid, where) in enumerate(columns)
@@ -85,7 +90,7 @@ def loop_loss(anchors, momentum, ids, memory, top_k, threshold, strategy, temper
                 pulled = positives
             else:
                 pulled = positives + sorted(found)
-            lse = math.log(sum(math.exp(s[n]) for n in allowed))
+            lse = torch.log(sum(torch.exp(s[n]) for n in allowed))
             total += lse - sum(s[n] for n in pulled) / len(pulled)
     return 2.0 / views * total / images
 
@@ -98,8 +103,10 @@ def test_loss_equals_the_equations_in_plain_loops_in_float64(strategy, aggregati
     assert memory.filled == 6 and (memory.ids == ids[0]).any()
     threshold = -0.05
     builder = ViewFalseNegatives(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation)
-    loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1)
-    expected = loop_loss(anchors, momentum, ids, memory, 4, threshold, strategy, 0.1, aggregation)
+    # this library's layout (the block in front of every memory slot): a 6-entry memory behind a 9-entry block
+    loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1,
+                                              memory_counts_block=False)
+    expected = loop_loss(anchors, momentum, ids, slots(memory), 4, threshold, strategy, 0.1, aggregation)
     assert loss.dtype == torch.float64
     assert abs(loss.item() - expected) < 1e-10
     assert 0 < found.sum() < found.numel()  # the case detects some but not all columns
@@ -115,13 +122,80 @@ steps = st.builds(step, seed=st.integers(0, 10_000), images=st.integers(1, 4), v
 settings_ = settings(max_examples=40, deadline=None)
 
 
+@pytest.mark.parametrize("strategy", ["attract", "eliminate"])
+def test_the_memory_counts_the_block_as_published_in_float64(strategy):
+    """Columns ``[block | memory[:-V·B]]`` of an official memory of ``capacity`` rows, step after step."""
+    images, views, dim, capacity = 2, 3, 4, 16  # blocks of 6 entries, which do not divide the memory
+    generator = torch.Generator().manual_seed(3)
+    memory = ViewMemory(capacity, dim).to(torch.float64)
+    official = [(torch.zeros(dim, dtype=torch.float64), -1, -1)] * capacity  # (embedding, id, view), head first
+    builder = ViewFalseNegatives(top_k=3, threshold=-0.2, strategy=strategy)
+    for _ in range(5):
+        anchors = unit(images, views, dim, generator=generator, dtype=torch.float64)
+        momentum = unit(images, views, dim, generator=generator, dtype=torch.float64)
+        ids = torch.randperm(4, generator=generator)[:images]  # images recur, so the memory holds their views
+        loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1)
+        block = [(momentum[g, v], int(ids[g]), v) for g in range(images) for v in range(views)]
+        official = block + official[:-len(block)]
+        assert columns.num_columns == capacity
+        assert torch.equal(columns.embeddings, torch.stack([embedding for embedding, _, _ in official]))
+        assert columns.ids.tolist() == [column_id for _, column_id, _ in official]
+        assert columns.views.tolist() == [view for _, _, view in official]
+        older = [(embedding, column_id) for embedding, column_id, _ in official[len(block):]]
+        expected = loop_loss(anchors, momentum, ids, older, 3, -0.2, strategy, 0.1)
+        assert abs(loss.item() - expected.item()) < 1e-10
+        memory.enqueue(*columns.block_entries())
+    assert 0 < found.sum() < found.numel() and (memory.ids[:, None] == ids).any()
+
+
+@pytest.mark.parametrize("strategy", ["attract", "eliminate"])
+def test_without_memory_the_online_views_are_columns_and_detectors_with_gradient_in_float64(strategy):
+    anchors, _, ids, _ = step(seed=5, images=3, views=3, fill=0, capacity=0, dtype=torch.float64)
+    anchors.requires_grad_()
+    builder = ViewFalseNegatives(top_k=2, threshold=-0.1, strategy=strategy)
+    columns = ViewColumns.build(anchors, ids, gradient=True)
+    found = builder.false_negatives(columns, anchors, ids)
+    layout = columns.layout(ids.repeat_interleave(3), columns.own_columns(3))
+    targets = builder(columns, layout, found.repeat_interleave(3, dim=0))
+    loss = view_fnc_loss(anchors.reshape(9, -1), columns, targets, 0.1)
+    (grad,) = torch.autograd.grad(loss, anchors)
+    expected = loop_loss(anchors, anchors, ids, [], 2, -0.1, strategy, 0.1)
+    (expected_grad,) = torch.autograd.grad(expected, anchors)
+    assert abs(loss.item() - expected.item()) < 1e-10
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-10)
+    assert 0 < found.sum() < found.numel()
+
+
+def test_published_fnc_without_memory_trains_through_the_online_columns_in_float64():
+    """The method's gradient equals the plain loop with the online views as columns and detectors;
+    ``column_layout="library"`` (momentum columns) gives the same loss and the gradient without them."""
+    torch.manual_seed(0)
+    method = FNC(resnet("resnet18", width=4), support_views=1, top_k=2, threshold=0.0, memory_size=0,
+                 view=for_image_size(moco_v2_cifar(), 16)).double()
+    images, ids = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.arange(4)
+    parameters = list(method.online.parameters())
+    for layout, columns_of in (("published", lambda z: z), ("library", lambda z: z.detach())):
+        method.column_layout = layout
+        torch.manual_seed(1)
+        views = method.views(images)
+        torch.manual_seed(1)
+        loss = method(images, ids).loss
+        grads = torch.autograd.grad(loss, parameters)
+        anchors = embed_views(method._encode_online, views).transpose(0, 1)  # z (train-mode BN: batch statistics)
+        expected = loop_loss(anchors, columns_of(anchors), ids, [], 2, 0.0, "attract", 0.1)
+        expected_grads = torch.autograd.grad(expected, parameters)
+        assert abs(loss.item() - expected.item()) < 1e-10
+        for grad, expected_grad in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-7, atol=1e-10)
+
+
 @settings_
 @given(case=steps, top_k=st.integers(1, 8), threshold=st.floats(-1.0, 1.0),
        aggregation=st.sampled_from(["max", "mean"]))
 def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, top_k, threshold, aggregation):
     anchors, momentum, ids, memory = case
     builder = ViewFalseNegatives(top_k, threshold, aggregation=aggregation)
-    columns = ViewColumns.build(momentum, ids, memory)
+    columns = ViewColumns.build(momentum, ids, memory, memory_counts_block=False)
     found = builder.false_negatives(columns, momentum, ids)
     own_or_empty = (columns.ids[None, :] == ids[:, None]) | (columns.ids == -1)[None, :]
     assert not (found & own_or_empty).any()
@@ -141,7 +215,8 @@ def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, t
 def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, top_k, threshold, strategy):
     anchors, momentum, ids, memory = case
     builder = ViewFalseNegatives(top_k, threshold, strategy=strategy)
-    loss, columns, found, layout, targets = library_loss(anchors, momentum, ids, memory, builder, 0.1)
+    loss, columns, found, layout, targets = library_loss(anchors, momentum, ids, memory, builder, 0.1,
+                                                         memory_counts_block=False)
     views = anchors.shape[1]
     rows = torch.arange(ids.shape[0] * views)
     assert targets.mask[rows, layout.own].all() and (targets.target[rows, layout.own] == 0).all()
@@ -194,7 +269,8 @@ def test_bank_detection_counts_images_and_flags_all_their_view_entries():
     "kwargs, flag",
     [({"support_views": -1}, "--support-views"), ({"top_k": 0}, "--top-k"), ({"threshold": 1.5}, "--threshold"),
      ({"threshold": -1.01}, "--threshold"), ({"memory_size": -1}, "--memory-size"), ({"loss_scale": 0}, "--loss-scale"),
-     ({"strategy": "ignore"}, "strategy"), ({"aggregation": "median"}, "aggregation")],
+     ({"strategy": "ignore"}, "strategy"), ({"aggregation": "median"}, "aggregation"),
+     ({"column_layout": "ours"}, "--column-layout")],
 )
 def test_bad_settings_name_their_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
@@ -229,13 +305,16 @@ def test_training_steps_fill_the_memory_with_view_entries_and_report_distinct_im
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01)
     for index in range(3):
         ids = torch.arange(8) + 8 * (index % 2)
-        output = method(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), ids)
+        images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+        output = method(images, ids)
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         method.after_optimizer_step(index, 3)
     assert torch.isfinite(output.loss)
     assert method.queue.filled == 30 and set(method.queue.views.tolist()) == {0, 1, 2}
+    _, columns = method.view_columns(method.views(to_float(images)), ids)
+    assert columns.num_columns == 30 and columns.block_size == 24  # as published: the memory counts the block
     assert "queue.embeddings" in method.state_dict() and "queue.views" in method.state_dict()
     metrics = output.metrics
     # threshold -1: top_k = 4 view entries of other images; 3 views each, so 2 to 4 distinct images
@@ -260,7 +339,8 @@ def test_example_variants_build_the_published_objective_or_the_moco_adaptation()
                      projector_out=16, support_views=None, memory_size=None, top_k=10, threshold=0.7,
                      strategy="eliminate", aggregation="max", search_backend="torch", tau=None, momentum=None,
                      final_momentum=None, channels_last=False, shuffle_bn=False, split_bn_groups=8,
-                     batch_size=32, queue_size=64, symmetric=False, loss_scale=2.0, variant="paper")
+                     batch_size=32, queue_size=64, symmetric=False, loss_scale=2.0, variant="paper",
+                     column_layout="published")
     paper = example.make_method(resnet("resnet18", width=4), args)
     assert type(paper) is FNC and paper.num_views == 10 and paper.queue.capacity == 16 * 32
     assert (paper.temperature, paper.momentum) == (0.1, 0.999)

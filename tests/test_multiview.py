@@ -56,7 +56,7 @@ def test_layout_masks_the_own_column_empty_slots_and_older_entries_of_the_same_i
     ids = torch.tensor([5, 7])
     memory = ViewMemory(capacity=4, dim=4)
     memory.enqueue(torch.randn(3, 4), torch.tensor([5, 9, 7]), torch.tensor([0, 1, 2]))
-    columns = ViewColumns.build(momentum, ids, memory)
+    columns = ViewColumns.build(momentum, ids, memory, memory_counts_block=False)  # every slot behind the block
     assert columns.ids.tolist() == [5, 5, 5, 7, 7, 7, 5, 9, 7, -1]
     assert columns.views.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, -1]
     own = columns.own_columns(2)
@@ -164,6 +164,12 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path, run
             for key in ("memory.embeddings", "memory.ids", "memory.views", "memory.pointer", "memory.filled"):
                 torch.testing.assert_close(part[key], single[key])
     assert single["memory.filled"] == 20 and IMAGES == 6
+    # published without memory: the online views are the columns, their gradient crosses the processes
+    single = fnc_step(slice(None), "attract", online=True)
+    parts = [ranks[rank]["online"] for rank in range(2)]
+    torch.testing.assert_close((parts[0]["loss"] + parts[1]["loss"]) / 2, single["loss"])
+    torch.testing.assert_close(torch.cat([p["grad"] for p in parts]) / 2, single["grad"])
+    assert torch.equal(torch.cat([p["found"] for p in parts]), single["found"]) and single["found"].any()
 
     runs = [json.loads((tmp_path / f"fnc_rank{rank}.json").read_text()) for rank in range(2)]
     assert runs[0]["memory_ids"] == runs[1]["memory_ids"] and runs[0]["memory_views"] == runs[1]["memory_views"]

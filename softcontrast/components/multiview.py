@@ -9,7 +9,9 @@ one query view per image:
 * :class:`ViewColumns` lays out the columns: the momentum embeddings of the *global*
   views of every image of the global batch (the current block, image-major: column
   ``g·V + v`` is view ``v`` of global image ``g``), then a :class:`ViewMemory` of
-  earlier blocks' view entries; each column has a sample id and a view index.
+  earlier blocks' view entries; each column has a sample id and a view index. As
+  published, the memory's size counts the block too (``[block | memory[:−V·B]]``);
+  the block may also be online embeddings that keep their gradient (no memory).
 * :meth:`ViewColumns.layout` gives, for anchor rows, the positives (the other views
   of the row's image in the current block), the mask (the anchor's own column,
   empty memory slots, and older memory entries of the row's own image) and the
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from softcontrast.components.augment import BatchAugment, ViewRecipe
-from softcontrast.components.distributed import gather_no_grad, rank
+from softcontrast.components.distributed import gather_no_grad, gather_with_grad, rank
 from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.queue import EMPTY_ID
 
@@ -88,7 +90,8 @@ class ViewMemory(nn.Module):
 
     Embeddings, sample ids (``-1`` = empty), view indices, the write pointer and the
     fill count are persistent buffers, so checkpoints hold the memory. A block that
-    does not divide the capacity wraps around. ``capacity = 0`` is no memory.
+    does not divide the capacity wraps around. ``capacity = 0`` is no memory. The
+    columns take every slot, or (as published) only what :meth:`behind_block` keeps.
 
     Args:
         capacity: number of view entries (0 = none).
@@ -114,6 +117,31 @@ class ViewMemory(nn.Module):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
+    def _check_block(self, count: int) -> None:
+        if count > self.capacity:
+            raise ValueError(
+                f"memory of {self.capacity} view entries is smaller than one block of {count}: "
+                f"raise the memory size to at least {count} (or 0 for no memory)"
+            )
+
+    def behind_block(self, block: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Embeddings, ids and view indices of the entries that follow a new block in the columns.
+
+        As the official memory of ``capacity`` rows whose head is the new block
+        (``[block | memory[:−block]]``): the ``capacity − block`` entries it keeps,
+        the newest earlier block first, each block in its own order.
+
+        Args:
+            block: entries in the new block (``G·V``).
+
+        Raises:
+            ValueError: the block holds more entries than the memory.
+        """
+        self._check_block(block)
+        offsets = torch.arange(self.capacity - block, device=self.ids.device)
+        slots = (self.pointer - block * (offsets // block + 1) + offsets % block) % self.capacity
+        return self.embeddings[slots], self.ids[slots], self.views[slots]
+
     @torch.no_grad()
     def enqueue(self, embeddings: Tensor, ids: Tensor, views: Tensor) -> None:
         """Writes a block of view entries that is already gathered over processes.
@@ -129,11 +157,7 @@ class ViewMemory(nn.Module):
         count = embeddings.shape[0]
         if self.capacity == 0:
             return
-        if count > self.capacity:
-            raise ValueError(
-                f"memory of {self.capacity} view entries is smaller than one block of {count}: "
-                f"raise the memory size to at least {count} (or 0 for no memory)"
-            )
+        self._check_block(count)
         slots = (self.pointer + torch.arange(count, device=self.ids.device)) % self.capacity
         self.embeddings.index_copy_(0, slots, embeddings.detach().to(self.embeddings.dtype))
         self.ids.index_copy_(0, slots, ids.to(self.ids.dtype))
@@ -164,7 +188,7 @@ class ViewColumns:
     """Columns of a multi-view step: ``[current block | memory]`` of view entries.
 
     Attributes:
-        embeddings: ``N×D`` momentum embeddings.
+        embeddings: ``N×D`` embeddings (momentum; online ones keep their gradient).
         ids: ``N`` sample ids (``-1`` = empty memory slot).
         views: ``N`` view indices (``-1`` = empty).
         block_size: columns of the current block, ``G·V`` (G images of the global batch).
@@ -180,21 +204,33 @@ class ViewColumns:
     first_image: int
 
     @classmethod
-    def build(cls, momentum: Tensor, ids: Tensor, memory: ViewMemory | None = None) -> "ViewColumns":
+    def build(cls, embeddings: Tensor, ids: Tensor, memory: ViewMemory | None = None,
+              memory_counts_block: bool = True, gradient: bool = False) -> "ViewColumns":
         """Gathers the block of every process and appends the memory.
 
         Args:
-            momentum: ``B×V×D`` momentum embeddings of this process's global views.
+            embeddings: ``B×V×D`` embeddings of this process's global views (momentum ones,
+                or online ones with ``gradient``).
             ids: ``B`` sample ids.
             memory: earlier blocks' view entries, or ``None``.
+            memory_counts_block: ``True`` (published): the memory's capacity counts all
+                columns, the block included, ``[block | memory[:−G·V]]``
+                (:meth:`ViewMemory.behind_block`); ``False`` (this library's earlier
+                layout): the block in front of every memory slot.
+            gradient: keep the gradient through the block (gathered with gradient).
         """
-        batch, num_views, dim = momentum.shape
-        block = full_precision(gather_no_grad(momentum.detach().contiguous())).reshape(-1, dim)
+        batch, num_views, dim = embeddings.shape
+        if gradient:
+            block = full_precision(gather_with_grad(embeddings.contiguous())).reshape(-1, dim)
+        else:
+            block = full_precision(gather_no_grad(embeddings.detach().contiguous())).reshape(-1, dim)
         block_ids = gather_no_grad(ids).repeat_interleave(num_views)
         block_views = torch.arange(num_views, device=ids.device).repeat(block.shape[0] // num_views)
         parts = [(block, block_ids, block_views)]
         if memory is not None and memory.capacity > 0:
-            parts.append((memory.embeddings.to(block.dtype), memory.ids, memory.views))
+            older, older_ids, older_views = (memory.behind_block(block.shape[0]) if memory_counts_block
+                                             else (memory.embeddings, memory.ids, memory.views))
+            parts.append((older.to(block.dtype), older_ids, older_views))
         embeddings, column_ids, views = (torch.cat(column) for column in zip(*parts))
         return cls(embeddings, column_ids, views, block.shape[0], num_views, rank() * batch)
 
@@ -204,9 +240,9 @@ class ViewColumns:
         return self.embeddings.shape[0]
 
     def block_entries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The current block's embeddings, ids and view indices (to enqueue)."""
+        """The current block's embeddings (detached), ids and view indices (to enqueue)."""
         size = self.block_size
-        return self.embeddings[:size], self.ids[:size], self.views[:size]
+        return self.embeddings[:size].detach(), self.ids[:size], self.views[:size]
 
     def own_columns(self, batch: int) -> Tensor:
         """``B·V`` own column of each local anchor ``(i, a)``, row ``i·V + a``."""

@@ -29,7 +29,6 @@ from softcontrast.components.augment import (
 )
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.components.columns import LogitColumns
-from softcontrast.components.multiview import ViewColumns, embed_views
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation.baselines import random_init_backbone
 from softcontrast.evaluation.diagnostics import (
@@ -141,14 +140,13 @@ def detected_columns(method: ContrastiveMethod, images: Tensor, ids: Tensor) -> 
     """``B×N`` flags of the columns FNC detects as false negatives, and their sample ids.
 
     Published FNC (:class:`~softcontrast.methods.fnc.FNC`): the view entries of ``F_i``
-    over its columns (momentum views of the batch and its memory of view entries).
+    over its columns (:meth:`~softcontrast.methods.fnc.FNC.view_columns`).
     FNC on MoCo: the columns its target builder cancels (masked, or given target mass
     off the positive).
     """
     if isinstance(method, FNC):
-        momentum = embed_views(method.embed_keys, method.views(images)).transpose(0, 1)
-        columns = ViewColumns.build(momentum, ids, method.queue)
-        found = method.target_builder.false_negatives(columns, momentum, ids)
+        detectors, columns = method.view_columns(method.views(images), ids)
+        found = method.target_builder.false_negatives(columns, detectors, ids)
         return found, columns.ids[None, :].expand(found.shape[0], -1)
     keys = method.embed_keys(method.key_augment(images))
     columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
@@ -166,8 +164,11 @@ def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, se
     """Gallery rows: training queries and the distinct images FNC detects as their false negatives.
 
     One training-mode step without an update (:func:`detected_columns`); an image
-    detected through several of its view entries is shown once.
+    detected through several of its view entries is shown once. Published FNC's batch
+    is capped so that its block of view entries fits its memory.
     """
+    if isinstance(method, FNC) and method.queue.capacity > 0:
+        batch = min(batch, method.queue.capacity // method.num_views)
     torch.manual_seed(seed)
     ids = torch.randperm(len(train))[:batch]
     method.train()

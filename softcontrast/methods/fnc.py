@@ -16,29 +16,39 @@ from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.distributed import gather_no_grad
 from softcontrast.components.multiview import MultiViewAugment, ViewColumns, ViewMemory, embed_views
 from softcontrast.components.neighbors import Backend
-from softcontrast.components.targets.false_negatives import FalseNegativeCancellation, detected_false_negatives
+from softcontrast.components.targets.false_negatives import (
+    FalseNegativeCancellation,
+    check_choice,
+    detected_false_negatives,
+)
 from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
 from softcontrast.evaluation import view_false_negative_diagnostics
 from softcontrast.methods.base import Contrast, ContrastiveMethod, StepOutput
+
+#: Column layouts of :class:`FNC`: the published one, and this library's earlier choice.
+COLUMN_LAYOUTS = ("published", "library")
 
 
 class FNC(ContrastiveMethod):
     """FNC as published (Huynh et al., WACV 2022): every one of ``V = 2 + S`` views an anchor.
 
     ``L = (scale/V)·Σ_a mean_i L_ia``, ``s = z_ia·c/T`` over the columns
-    ``c = [momentum views of the global batch | memory of view entries]``;
+    ``c = [momentum views of the global batch (the block) | memory of view entries]``;
     ``F_i = top_k {m : agg_v(ẑ_iv·c_m) > threshold}``, own image's columns excluded;
     ``P_i`` = the other ``V − 1`` views of image ``i``; the anchor's own column masked;
     attract: ``L_ia = LSE_{m≠a} s_am − mean_{P_i ∪ F_i} s``;
     eliminate: ``L_ia = LSE_{m≠a, m∉F_i} s_am − mean_{P_i} s``.
 
     Defaults are the official ones: ``S = 8``, ``top_k = 10``, ``threshold = 0.7``,
-    ``T = 0.1``, EMA 0.999, max aggregation, ``scale = 2``; the paper's memory holds
-    16 × batch view entries (``memory_size`` 4096 = 16 × 256). FNC is active from
-    the first step. One deviation: memory entries of the row's own image are masked
-    (the official code has no sample ids and treats them as negatives). The online
-    encoder embeds all ``V`` views in one pass, and so does the momentum encoder
-    (with shuffle-BN when given).
+    ``T = 0.1``, EMA 0.999, max aggregation, ``scale = 2``. As published, the memory
+    holds 16 × batch view entries in total, its head the current block: the columns
+    are ``[block | memory[:−V·B]]``, ``memory_size`` of them (4096 = 16 × 256).
+    Without memory (``memory_size = 0``), as published, the online views ``z`` are
+    the columns and the detectors (``ẑ = z``), with gradient through both. FNC is
+    active from the first step. One deviation: memory entries of the row's own image
+    are masked (the official code has no sample ids and treats them as negatives).
+    The online encoder embeds all ``V`` views in one pass, and so does the momentum
+    encoder (with shuffle-BN when given).
 
     Args:
         backbone: feature extractor.
@@ -51,14 +61,18 @@ class FNC(ContrastiveMethod):
         search_backend: :class:`~softcontrast.components.neighbors.NeighborSearch`
             backend of the search over the columns.
         bank: search this dataset-wide bank (refreshed from each image's first
-            momentum view) instead of the columns; ``top_k`` then counts images.
+            detector view ``ẑ``) instead of the columns; ``top_k`` then counts images.
         view: recipe of all ``V`` views (default: MoCo v2 CIFAR).
-        memory_size: view entries in the memory (0 = none; else at least one block,
-            global batch × V).
+        memory_size: view entries in the memory, the current block included as
+            published (0 = none; else at least one block, global batch × V).
         temperature: T (default 0.1).
         momentum: EMA momentum (default 0.999).
         final_momentum: momentum at the end (cosine schedule); ``None`` = constant.
         loss_scale: ``scale`` (2 as published; 1 is the plain mean over anchors).
+        column_layout: ``published`` (above) or ``library``, this library's earlier
+            choice: the block in front of ``memory_size`` older view entries, and
+            without memory the momentum views as columns and detectors (no gradient
+            through the columns).
         **kwargs: further :class:`ContrastiveMethod` options (``channels_last``, ``shuffle_bn``).
     """
 
@@ -79,8 +93,10 @@ class FNC(ContrastiveMethod):
         momentum: float = 0.999,
         final_momentum: float | None = None,
         loss_scale: float = 2.0,
+        column_layout: str = "published",
         **kwargs,
     ):
+        check_choice("column_layout (--column-layout)", column_layout, COLUMN_LAYOUTS)
         if support_views < 0:
             raise ValueError(f"FNC support_views (--support-views) must be >= 0, got {support_views}")
         if memory_size < 0:
@@ -106,6 +122,7 @@ class FNC(ContrastiveMethod):
         self.views = MultiViewAugment([view] * self.num_views)
         self.queue = ViewMemory(memory_size, self.queue.keys.shape[1])  # view entries take the queue's place
         self.loss_scale = loss_scale
+        self.column_layout = column_layout
         self.bank = bank
         self._pending_block: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -119,21 +136,41 @@ class FNC(ContrastiveMethod):
                 "or 0 for no memory"
             )
 
+    @property
+    def online_columns(self) -> bool:
+        """Whether the online views are the columns and detectors (published, no memory)."""
+        return self.column_layout == "published" and self.queue.capacity == 0
+
+    def view_columns(self, views: list[Tensor], ids: Tensor, anchors: Tensor | None = None
+                     ) -> tuple[Tensor, ViewColumns]:
+        """The detectors ``ẑ`` (``B×V×D``) and the columns of a step.
+
+        Args:
+            views: the ``V`` views of the batch.
+            ids: ``B`` sample ids.
+            anchors: the online embeddings ``z`` (``B×V×D``) when already computed.
+        """
+        if self.online_columns:
+            if anchors is None:
+                anchors = embed_views(self._encode_online, views).transpose(0, 1)
+            return anchors, ViewColumns.build(anchors, ids, gradient=True)
+        momentum = embed_views(self.embed_keys, views).transpose(0, 1)
+        return momentum, ViewColumns.build(momentum, ids, self.queue, self.column_layout == "published")
+
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
         """One step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
         batch, num_views = images.shape[0], self.num_views
         views = self.views(to_float(images))
         anchors = embed_views(self._encode_online, views).transpose(0, 1)  # z: B×V×D
-        momentum = embed_views(self.embed_keys, views).transpose(0, 1)  # ẑ: B×V×D
-        columns = ViewColumns.build(momentum, ids, self.queue)
-        found = self.target_builder.false_negatives(columns, momentum, ids)  # F_i: B×N
+        detectors, columns = self.view_columns(views, ids, anchors)  # ẑ: B×V×D
+        found = self.target_builder.false_negatives(columns, detectors, ids)  # F_i: B×N
         layout = columns.layout(ids.repeat_interleave(num_views), columns.own_columns(batch))
         targets = self.target_builder(columns, layout, found.repeat_interleave(num_views, dim=0))
         loss = view_fnc_loss(anchors.reshape(batch * num_views, -1), columns, targets, self.temperature,
                              self.loss_scale)
         self._pending_block = columns.block_entries()
         with torch.no_grad():
-            positives = (anchors[:, :, None] * momentum[:, None]).sum(-1)  # B×V×V cosines
+            positives = (anchors[:, :, None] * detectors[:, None]).sum(-1)  # B×V×V cosines
             off_diagonal = ~torch.eye(num_views, dtype=torch.bool, device=ids.device)
             metrics = {
                 "loss": loss.detach(),

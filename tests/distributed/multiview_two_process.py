@@ -2,7 +2,8 @@
 
 Writes ``<out>/multiview_rank{r}.pt`` (loss, anchor gradients, detected false
 negatives, column ids and the memory after enqueueing, for this rank's half of a
-fixed global batch) and ``<out>/fnc_rank{r}.json`` (a one-epoch FNC run).
+fixed global batch; and the same without memory, the online views as columns) and
+``<out>/fnc_rank{r}.json`` (a one-epoch FNC run).
 """
 
 import json
@@ -36,28 +37,35 @@ def global_problem():
     return anchors, momentum, ids, memory
 
 
-def fnc_step(rows: slice, strategy: str) -> dict:
-    """Loss, anchor gradient, ``F_i`` and memory after the step, for the images ``rows``."""
+def fnc_step(rows: slice, strategy: str, online: bool = False) -> dict:
+    """Loss, anchor gradient, ``F_i`` and memory after the step, for the images ``rows``;
+    ``online``: no memory, the anchors are the columns and detectors (with gradient)."""
     anchors, momentum, ids, memory = global_problem()
     anchors = anchors[rows].clone().requires_grad_()
     momentum, ids = momentum[rows], ids[rows]
+    if online:
+        momentum, memory = anchors, None
     builder = ViewFalseNegatives(top_k=5, threshold=0.0, strategy=strategy)
-    columns = ViewColumns.build(momentum, ids, memory)
+    columns = ViewColumns.build(momentum, ids, memory, gradient=online)
     found = builder.false_negatives(columns, momentum, ids)
     layout = columns.layout(ids.repeat_interleave(VIEWS), columns.own_columns(ids.shape[0]))
     targets = builder(columns, layout, found.repeat_interleave(VIEWS, dim=0))
     loss = view_fnc_loss(anchors.reshape(-1, DIM), columns, targets, temperature=0.1)
     loss.backward()
-    memory.enqueue(*columns.block_entries())
-    return {"loss": loss.detach(), "grad": anchors.grad, "found": found, "column_ids": columns.ids,
-            **{f"memory.{k}": v for k, v in memory.state_dict().items()}}
+    result = {"loss": loss.detach(), "grad": anchors.grad, "found": found, "column_ids": columns.ids}
+    if memory is not None:
+        memory.enqueue(*columns.block_entries())
+        result.update({f"memory.{k}": v for k, v in memory.state_dict().items()})
+    return result
 
 
 def main(out: Path) -> None:
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
     half = IMAGES // 2
-    result = {strategy: fnc_step(slice(rank * half, (rank + 1) * half), strategy) for strategy in ("attract", "eliminate")}
+    rows = slice(rank * half, (rank + 1) * half)
+    result = {strategy: fnc_step(rows, strategy) for strategy in ("attract", "eliminate")}
+    result["online"] = fnc_step(rows, "attract", online=True)
     torch.save(result, out / f"multiview_rank{rank}.pt")
     del accelerator
 
