@@ -1,8 +1,8 @@
 """Checkpoints that survive a kill: atomic saves, complete-only listing, resume, pruning.
 
-A checkpoint is the Accelerate state (model with its queue, optimizer, scheduler,
-scaler, every process's random states, the trainer's position) plus the run's
-settings. It is written into a hidden folder ``checkpoints/.partial-step_NNNNNNNNN``
+A checkpoint is the Accelerate state (model with its queue, optimizer, scaler,
+every process's random states, the trainer's position, which sets every schedule)
+plus the run's settings. It is written into a hidden folder ``checkpoints/.partial-step_NNNNNNNNN``
 beside its final place; the last file written is ``checkpoint.json``, and only then
 is the folder renamed to ``checkpoints/step_NNNNNNNNN`` (one atomic rename). A run
 killed at any moment therefore leaves every ``step_*`` folder either complete or

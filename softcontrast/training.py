@@ -74,7 +74,9 @@ class TrainConfig:
         knn_k: neighbours of the kNN monitor.
         knn_temperature: temperature of the kNN monitor.
         log_every: steps between logged metrics. NaN and infinity are caught at every
-            step on the device; the check is read when logging and before any save.
+            step on the device; the check is read when logging and before any save, and
+            the losses of the steps since the last logging point are read then, in one go
+            (between logging points a step never waits for the host).
         resume: a checkpoint folder; ``latest`` for the newest complete one in
             ``output_dir`` (an error if there is none); ``auto`` for the newest if
             there is one, else a fresh start.
@@ -157,6 +159,12 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Sets the learning rate of every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 class _Progress:
     """Position in training, saved with every checkpoint."""
 
@@ -203,9 +211,12 @@ class Trainer:
         if global_batch > num_samples:
             raise ValueError(f"global batch {global_batch} exceeds the {num_samples} training images: lower the batch size")
 
+    def _base_lr(self) -> float:
+        return self.config.lr * self.config.batch_size * self.accelerator.num_processes / 256
+
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
-        lr = self.config.lr * self.config.batch_size * self.accelerator.num_processes / 256
+        lr = self._base_lr()
         if self.config.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.config.sgd_momentum, weight_decay=self.config.weight_decay)
@@ -285,11 +296,14 @@ class Trainer:
         if config.compile:
             method.online = torch.compile(method.online)
             method.target_encoder = torch.compile(method.target_encoder)
-        optimizer = self._optimizer(method)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps)
-        )
-        model, optimizer, scheduler = accelerator.prepare(method, optimizer, scheduler)
+        # The learning rate, like the EMA momentum and µ, is a function of the global step (saved
+        # with every checkpoint): Accelerate would step a prepared scheduler once per process.
+        base_lr = self._base_lr()
+
+        def lr_at(step: int) -> float:
+            return base_lr * warmup_cosine(step, total_steps, warmup_steps)
+
+        model, optimizer = accelerator.prepare(method, self._optimizer(method))
         self.method = accelerator.unwrap_model(model)
         if config.label_diagnostics and (train.labels >= 0).any():
             self.method.set_diagnostic_labels(train.labels.to(accelerator.device))
@@ -314,6 +328,7 @@ class Trainer:
         if config.stop_after_epochs is not None:
             last_epoch = min(config.epochs, self.progress.epoch + config.stop_after_epochs)
         start_time, images_seen = time.perf_counter(), 0
+        losses: list[torch.Tensor] = []  # on the device until the next logging point
         for epoch in range(self.progress.epoch, last_epoch):
             bar = _progress_bar(accelerator, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
             epoch_start = time.perf_counter()
@@ -322,17 +337,18 @@ class Trainer:
                 with accelerator.autocast():
                     output = model(images, ids)
                 accelerator.backward(output.loss)
+                set_learning_rate(optimizer, lr_at(self.progress.global_step))
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.method.after_optimizer_step(self.progress.global_step, total_steps)
                 self.progress.global_step += 1
                 images_seen += images.shape[0] * accelerator.num_processes
-                result.losses.append(output.loss.detach())
+                losses.append(output.loss.detach())
                 guard.observe(self.progress.global_step, loss_parts(output.loss, output.metrics))
                 if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
                     self._check_finite(guard)
-                    self._log_step(output.metrics, epoch, scheduler.get_last_lr()[0], total_steps, bar)
+                    result.losses += _read_and_clear(losses)
+                    self._log_step(output.metrics, epoch, lr_at(self.progress.global_step), total_steps, bar)
                 bar.update(1)
                 if self._step_checkpoint_due() and self.progress.global_step % steps_per_epoch:
                     self._save(guard)
@@ -349,9 +365,9 @@ class Trainer:
                 self.progress.epoch == last_epoch or self._step_checkpoint_due()
             ):
                 self._save(guard)
+        result.losses += _read_and_clear(losses)
         result.wall_seconds = time.perf_counter() - start_time
         result.images_per_second = images_seen / max(result.wall_seconds, 1e-9)
-        result.losses = [float(x) for x in result.losses]
         result.epochs_done = self.progress.epoch
         if self.progress.epoch == config.epochs:
             self._check_finite(guard, weights=True)
@@ -383,6 +399,13 @@ class Trainer:
             torch.save(self.method.online.backbone.state_dict(), path)
         self.accelerator.wait_for_everyone()
         return path
+
+
+def _read_and_clear(losses: list[torch.Tensor]) -> list[float]:
+    """The values of ``losses`` (scalars on the device) in one host read; empties the list."""
+    values = torch.stack(losses).float().tolist() if losses else []
+    losses.clear()
+    return values
 
 
 def _progress_bar(accelerator: Accelerator, total: int, description: str):

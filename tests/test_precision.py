@@ -20,7 +20,7 @@ from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.mixers import MixParams
 from softcontrast.components.multiview import ViewColumns
 from softcontrast.components.neighbors import NeighborSearch
-from softcontrast.components.targets.false_negatives import aggregated_neighbors
+from softcontrast.components.targets.false_negatives import aggregated_neighbors, aggregated_scores
 from softcontrast.components.targets.view_false_negatives import view_fnc_loss
 from softcontrast.methods import FNC, SANE, SCE, FNCOnMoCo, MoCoV2
 
@@ -176,6 +176,19 @@ def test_false_negative_scores_under_bf16_autocast_are_the_fp32_scores(aggregati
     assert actual[0].dtype == expected[0].dtype == torch.float32
     torch.testing.assert_close(actual[0], expected[0], rtol=RELATIVE, atol=1e-7)
     assert torch.equal(actual[1], expected[1])
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_false_negative_scores_of_every_column_under_bf16_autocast_are_the_fp32_scores(aggregation):
+    """The sync-free exact detection scores every column (:func:`aggregated_scores`):
+    fp32 and equal to the scores without autocast, to 1e-3 relative."""
+    generator = torch.Generator().manual_seed(5)
+    vectors, support = unit(QUEUE, DIM, generator=generator), unit(BATCH, SUPPORT, DIM, generator=generator)
+    expected = aggregated_scores(support, vectors, aggregation, chunk_size=7)
+    with bf16():
+        actual = aggregated_scores(support, vectors, aggregation, chunk_size=7)
+    assert actual.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=RELATIVE, atol=1e-7)
 
 
 # --- whole steps under autocast -----------------------------------------------------------------

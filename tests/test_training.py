@@ -2,6 +2,8 @@
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.methods import SCE, MoCoV2
 from softcontrast.training import CheckpointMismatchError, TrainConfig, Trainer, make_accelerator, warmup_cosine
+
+SCHEDULES_SCRIPT = Path(__file__).parent / "distributed" / "schedules_two_process.py"
 
 
 def tiny_data(n=48, size=16, seed=0):
@@ -122,3 +126,23 @@ def test_metrics_also_go_to_tensorboard(tmp_path):
     accumulator.Reload()
     assert "loss" in accumulator.Tags()["scalars"]
     assert len(accumulator.Scalars("loss")) == 6
+
+
+@pytest.mark.distributed
+def test_schedules_advance_once_per_global_step_on_two_processes(tmp_path, run_two_processes):
+    """lr (with warm-up), EMA momentum and SANE's µ, step by step: 2 processes × 8 images = 1 process × 16."""
+    sys.path.insert(0, str(SCHEDULES_SCRIPT.parent))
+    from schedules_two_process import train
+
+    run_two_processes(SCHEDULES_SCRIPT, tmp_path / "two")
+    train(tmp_path / "one", 1)
+
+    def schedules(run):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["lr"], r["momentum"], r["mu"]) for r in records if "loss" in r]
+
+    one, two = schedules(tmp_path / "one"), schedules(tmp_path / "two")
+    assert [r[0] for r in one] == list(range(1, 9))
+    assert len({r[1] for r in one}) > 4 and len({r[2] for r in one}) > 4 and len({r[3] for r in one}) > 4
+    assert [r[0] for r in two] == [r[0] for r in one]
+    assert [x for r in two for x in r[1:]] == pytest.approx([x for r in one for x in r[1:]], rel=1e-12)

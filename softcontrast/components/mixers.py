@@ -77,8 +77,9 @@ def sample_mix_params(
         raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {kappa}")
     if batch < 1:
         raise ValueError(f"mixup batch must be >= 1, got {batch}")
-    concentration = torch.tensor(float(kappa), device=device)
-    theta = torch.distributions.Beta(concentration, concentration).sample((batch if per_sample else 1,))
+    concentration = torch.full((), float(kappa), device=device)  # a fill, not a copy from the host
+    beta = torch.distributions.Beta(concentration, concentration, validate_args=False)  # checks read the host
+    theta = beta.sample((batch if per_sample else 1,))
     if not across_processes:
         return MixParams(theta.expand(batch), torch.randperm(batch, device=device), False)
     if not per_sample:

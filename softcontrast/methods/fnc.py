@@ -190,7 +190,7 @@ class FNC(ContrastiveMethod):
         embeddings, ids, views = self._pending_block
         self._pending_block = None
         if self.bank is not None:
-            first = views == 0
+            first = slice(None, None, self.num_views)  # view 0 of every image: the block is image-major
             self.bank.update(embeddings[first], ids[first])
         self.queue.enqueue(embeddings, ids, views)
 

@@ -12,7 +12,9 @@ are the ``top_k`` unmasked queue columns by score whose score exceeds
 With no detected false negative both are exactly InfoNCE. The search is a
 :class:`~softcontrast.components.neighbors.NeighborSearch` call, exact for both
 aggregations: the top-k of a max over views lies in the union of each view's
-top-k, and the mean of similarities is the similarity to the mean embedding.
+top-k, and the mean of similarities is the similarity to the mean embedding. With
+the exact ``torch`` backend every column is scored and masked ones are dropped
+before the top-k, so the step never reads the host.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from torch import Tensor
 
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.columns import LogitColumns
-from softcontrast.components.neighbors import Backend, NeighborSearch
+from softcontrast.components.neighbors import Backend, NeighborSearch, auto_backend
+from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.queue import EMPTY_ID
 from softcontrast.components.targets.base import Targets
 
@@ -84,6 +87,39 @@ def aggregated_neighbors(search: NeighborSearch | EmbeddingBank, support: Tensor
     return top.values, ids.gather(1, top.indices).masked_fill(top.values == float("-inf"), -1)
 
 
+def aggregated_scores(support: Tensor, vectors: Tensor, aggregation: str, chunk_size: int = 65_536) -> Tensor:
+    """``agg_s(u_is · x̂_m)`` of every row against every vector, all computed (``B×M``).
+
+    Args:
+        support: ``B×S×D`` unit support embeddings.
+        vectors: ``M×D`` vectors, L2-normalised here (as :class:`NeighborSearch` stores them).
+        aggregation: ``max`` or ``mean`` over the ``S`` support views.
+        chunk_size: vectors scored at once (``max`` holds ``B·S × chunk_size`` scores).
+    """
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    vectors = F.normalize(full_precision(vectors.detach()), dim=-1)
+    if aggregation == "mean":
+        return similarities(support.mean(dim=1), vectors)
+    rows, views, dim = support.shape
+    flat = support.reshape(rows * views, dim)
+    return torch.cat([similarities(flat, chunk).reshape(rows, views, -1).amax(dim=1)
+                      for chunk in vectors.split(chunk_size)], dim=1)
+
+
+def searches_exactly_on_device(search: NeighborSearch, size: int, device: torch.device) -> bool:
+    """Whether ``search`` resolves to the exact ``torch`` backend for an index of ``size`` vectors on ``device``.
+
+    Then detection scores every column with :func:`aggregated_scores` and excludes
+    the blocked ones before the ``top_k`` (a fixed width: no host read). A FAISS
+    index is searched for ``top_k`` plus the most blocked columns of any row instead
+    (one host read; FAISS reads the host anyway).
+    """
+    backend = search.backend
+    if backend == "auto":
+        backend = auto_backend(size, search.device or device, search.searches_per_build)
+    return backend == "torch"
+
+
 def select_false_negatives(scores: Tensor, blocked: Tensor, top_k: int, threshold: float) -> Tensor:
     """Flags the ``top_k`` unblocked candidates of each row whose score exceeds ``threshold``.
 
@@ -109,14 +145,20 @@ def queue_false_negatives(
 ) -> Tensor:
     """``F_i`` over the queue columns, searching the queue itself.
 
-    Empty slots are not indexed; the search asks for ``top_k`` plus the most masked
-    filled queue columns of any row (one host read), so the ``top_k`` best unmasked
-    columns are always among the candidates.
+    With the ``torch`` backend every queue column is scored and the masked ones are
+    excluded before the top-k (no host read, see :func:`searches_exactly_on_device`).
+    A FAISS search indexes the filled slots only and asks for ``top_k`` plus the most
+    masked filled queue columns of any row (one host read), so the ``top_k`` best
+    unmasked columns are always among the candidates.
 
     Returns:
         ``B×N`` flags of the detected false-negative columns.
     """
     queue, queue_ids, masked = queue_part(columns)
+    if searches_exactly_on_device(search, queue.shape[0], queue.device):
+        scores = aggregated_scores(support, queue, aggregation, search.chunk_size)
+        chosen = select_false_negatives(scores, masked, top_k, threshold)
+        return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), chosen], dim=1)
     empty = queue_ids == EMPTY_ID
     search.reset()
     search.add(queue, torch.arange(queue.shape[0], device=queue.device).masked_fill(empty, EMPTY_ID))

@@ -34,8 +34,10 @@ from softcontrast.components.targets.false_negatives import (
     NO_ID,
     STRATEGIES,
     aggregated_neighbors,
+    aggregated_scores,
     check_choice,
     check_detection_settings,
+    searches_exactly_on_device,
     select_false_negatives,
 )
 
@@ -51,8 +53,10 @@ def view_false_negatives(
 ) -> Tensor:
     """``F_i`` as ``B×N`` column flags, searching the columns themselves.
 
-    Empty memory slots are not indexed; the search asks for ``top_k`` plus the most
-    blocked filled columns of any image (one host read), so the ``top_k`` best
+    With the ``torch`` backend every column is scored and the blocked ones are
+    excluded before the top-k (no host read, see :func:`searches_exactly_on_device`).
+    A FAISS search indexes the filled columns only and asks for ``top_k`` plus the
+    most blocked filled columns of any image (one host read), so the ``top_k`` best
     unblocked columns are always among the candidates.
 
     Args:
@@ -64,7 +68,11 @@ def view_false_negatives(
         threshold: detected scores are ``> threshold``.
         aggregation: ``max`` or ``mean`` over the ``V`` views.
     """
-    blocked, empty = blocked_columns(columns, ids), columns.ids == EMPTY_ID
+    blocked = blocked_columns(columns, ids)
+    if searches_exactly_on_device(search, columns.num_columns, ids.device):
+        scores = aggregated_scores(momentum, columns.embeddings, aggregation, search.chunk_size)
+        return select_false_negatives(scores, blocked, top_k, threshold)
+    empty = columns.ids == EMPTY_ID
     search.reset()
     search.add(columns.embeddings, torch.arange(columns.num_columns, device=ids.device).masked_fill(empty, EMPTY_ID))
     extra = int((blocked & ~empty).sum(dim=1).max())

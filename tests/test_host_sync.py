@@ -1,0 +1,140 @@
+"""No host synchronisation inside a training step (DESIGN, "Performance").
+
+On the CPU, every ``Tensor`` method that reads values to the host is counted while
+the steps of every method run, alone and inside the :class:`Trainer`; between
+logging points the count must be zero. On CUDA, ``torch.cuda.set_sync_debug_mode``
+turns any synchronisation into an error over the same steps.
+"""
+
+import traceback
+from typing import Callable
+
+import pytest
+import torch
+
+from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.backbones import projector_for, resnet
+from softcontrast.components.multiview import SmallCrops
+from softcontrast.data import ImageTensorDataset, TrainingBatches
+from softcontrast.methods import FNC, SANE, SCE, ContrastiveMethod, FNCOnMoCo, MoCoV2
+from softcontrast.training import TrainConfig, Trainer, make_accelerator
+
+HOST_READS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "cpu", "numpy")
+VIEW = ViewRecipe(size=8)
+
+
+def _parts() -> dict:
+    torch.manual_seed(0)
+    backbone = resnet("resnet18", width=4)
+    return {"backbone": backbone, "projector": projector_for(backbone, 16, 8)}
+
+
+METHODS: dict[str, Callable[[], ContrastiveMethod]] = {
+    "moco": lambda: MoCoV2(**_parts(), view=VIEW, queue_size=32),
+    "sce_small_crops": lambda: SCE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW,
+                                   small_crops=SmallCrops(2, ViewRecipe(size=4))),
+    "fnc_published": lambda: FNC(**_parts(), support_views=1, top_k=3, threshold=-1.0, memory_size=48, view=VIEW),
+    "fnc_published_no_memory": lambda: FNC(**_parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0,
+                                           strategy="eliminate", view=VIEW),
+    "fnc_on_moco": lambda: FNCOnMoCo(**_parts(), support_views=2, top_k=3, threshold=-1.0, queue_size=32, view=VIEW),
+    "sane": lambda: SANE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW),
+    "sane_strong_per_sample": lambda: SANE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW,
+                                           mixup_view="strong", per_sample_theta=True),
+}
+
+
+class HostReads:
+    """Counts, while ``counting``, the calls of ``Tensor`` methods that read values to the host."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.counting = False
+        self.calls: list[str] = []
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+
+    def _counted(self, name: str, method: Callable) -> Callable:
+        def counted(tensor, *args, **kwargs):
+            if self.counting:
+                caller = traceback.extract_stack(limit=2)[0]
+                self.calls.append(f"Tensor.{name} from {caller.filename}:{caller.lineno} ({caller.line})")
+            return method(tensor, *args, **kwargs)
+
+        return counted
+
+
+def tiny_images(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def run_steps(method: ContrastiveMethod, steps: int, device: str = "cpu") -> None:
+    """``steps`` full steps: forward, backward, optimizer step, EMA and enqueue."""
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    for step in range(steps):
+        images, ids = tiny_images(8, step).to(device), (torch.arange(8) + 8 * (step % 3)).to(device)
+        output = method(images, ids)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(step, steps)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_steps_of_every_method_never_read_the_host(name, monkeypatch):
+    method = METHODS[name]()
+    method.set_diagnostic_labels(torch.arange(24) % 3)
+    reads = HostReads(monkeypatch)
+    reads.counting = True
+    run_steps(method, 3)
+    assert reads.calls == []
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_trainer_never_reads_the_host_between_logging_points(name, monkeypatch, tmp_path):
+    """Counting runs from each batch the loader yields until the next is asked for (no step logs here)."""
+    reads = HostReads(monkeypatch)
+    batches = TrainingBatches.epoch
+
+    def counted_epoch(self, epoch, start=0):
+        for batch in batches(self, epoch, start):
+            reads.counting = True
+            yield batch
+            reads.counting = False
+
+    monkeypatch.setattr(TrainingBatches, "epoch", counted_epoch)
+    data = ImageTensorDataset(tiny_images(24), torch.arange(24) % 3, ["a", "b", "c"])
+    config = TrainConfig(epochs=2, stop_after_epochs=1, batch_size=8, log_every=100, output_dir=str(tmp_path))
+    Trainer(METHODS[name](), config, make_accelerator(cpu=True)).fit(data)
+    assert reads.calls == []
+
+
+def test_the_trainer_reads_the_losses_once_per_logging_point_however_many_steps(monkeypatch, tmp_path):
+    """A run twice as long, with the same logging points, reads the host exactly as often."""
+    reads = HostReads(monkeypatch)
+    data = ImageTensorDataset(tiny_images(24), torch.arange(24) % 3, ["a", "b", "c"])
+    counts, losses = [], []
+    for epochs in (1, 2):
+        config = TrainConfig(epochs=epochs, batch_size=8, log_every=100, checkpoint_every=0,
+                             output_dir=str(tmp_path / str(epochs)))
+        trainer = Trainer(METHODS["moco"](), config, make_accelerator(cpu=True))
+        reads.counting, reads.calls = True, []
+        result = trainer.fit(data)
+        reads.counting = False
+        counts.append(len(reads.calls))
+        losses.append(result.losses)
+    assert counts[0] == counts[1], reads.calls
+    assert [len(run) for run in losses] == [3, 6]
+    assert all(isinstance(loss, float) for run in losses for loss in run)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", METHODS)
+def test_the_steps_of_every_method_never_synchronise_on_cuda(name):
+    method = METHODS[name]().cuda()
+    method.set_diagnostic_labels((torch.arange(24) % 3).cuda())
+    run_steps(method, 1, "cuda")  # first use: cached constants are copied to the device once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_steps(method, 3, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
