@@ -17,10 +17,13 @@ resumed from an older checkpoint never jumps back to the abandoned newer ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+
+from softcontrast.components.distributed import gather_objects, rank
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_CONFIG = "run_config.json"
@@ -183,22 +188,47 @@ def check_compatible(checkpoint: Checkpoint, run_config: dict[str, Any]) -> None
 
 
 def prepare_output_dir(output_dir: str | Path) -> Path:
-    """Creates ``output_dir`` and checks that files can be written in it.
+    """Creates ``output_dir``, checks that every process can write in it and that all share it.
+
+    Called by every process together. Each process writes a probe file named by its
+    host, rank, process id and a random token (so processes of different machines
+    or containers never collide); then every process looks for the main process's
+    probe. Checkpoints are published by the main process alone, so all processes
+    must see one directory: on several nodes it must lie on a filesystem they share.
+    An error is raised on every process, never on one alone.
 
     Raises:
-        OutputWriteError: the directory cannot be created or written.
+        OutputWriteError: a process cannot create or write the directory, or the
+            processes see different directories (node-local disks).
     """
     output_dir = Path(output_dir)
-    probe = output_dir / f".write-test-{os.getpid()}"
+    host = socket.gethostname()
+    probe = output_dir / f".write-test-{host}-{rank()}-{os.getpid()}-{secrets.token_hex(8)}"
+    problem = None
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
-        probe.unlink()
     except OSError as error:
+        problem = f"cannot write to the output directory {output_dir} ({error.strerror or error})"
+    reports = gather_objects((problem, host, probe.name))
+    failed = [(r, report) for r, report in enumerate(reports) if report[0] is not None]
+    if problem is None and (rank() != 0 or failed):
+        _discard(probe)
+    if failed:
+        process, (cause, its_host, _) = failed[0]
+        where = f" on process {process} (host {its_host})" if len(reports) > 1 else ""
+        raise OutputWriteError(f"{cause}{where}: choose another --output-dir")
+    # The main probe's name is new to every host, so no cached lookup can hide it.
+    seen = gather_objects((output_dir / reports[0][2]).is_file())
+    if rank() == 0:
+        _discard(probe)
+    blind = [f"{process} (host {reports[process][1]})" for process, saw in enumerate(seen) if not saw]
+    if blind:
         raise OutputWriteError(
-            f"cannot write to the output directory {output_dir} ({error.strerror or error}): "
-            "choose another --output-dir"
-        ) from error
+            f"the output directory {output_dir} is not shared: process {', '.join(blind)} does not see the files "
+            f"the main process (host {reports[0][1]}) writes there, so it would never see a checkpoint; "
+            "point --output-dir at a filesystem all nodes share"
+        )
     return output_dir
 
 
@@ -224,7 +254,9 @@ class CheckpointStore:
     """Saves, lists and prunes the checkpoints of one run, on every process.
 
     Every method that writes is called on all processes together (it holds
-    barriers); only the main process writes shared files.
+    barriers); only the main process writes shared files and publishes, so the
+    output directory must be one that every process sees (:func:`prepare_output_dir`
+    checks this at the start of training).
 
     Args:
         output_dir: the run's output directory (checkpoints go to ``output_dir/checkpoints``).
@@ -343,6 +375,12 @@ def _clear(partial: Path, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if partial.exists():
         shutil.rmtree(partial)
+
+
+def _discard(file: Path) -> None:
+    """Deletes ``file`` if it can (a probe left behind harms nothing; an error here would desert the other processes)."""
+    with contextlib.suppress(OSError):
+        file.unlink()
 
 
 def _sync_folder(folder: Path) -> None:

@@ -17,7 +17,8 @@ may live on the training device; views are then made there in one batched pass.
 Image folders whose images are too large to hold decode lazily in loader workers
 (:class:`LazyImageFolder`), resized to a fixed size.
 
-Every item carries its sample id, the index in its split.
+Every item carries its sample id, the index in its split. Under several processes
+an image folder is listed once, by the main process, and the list is shared.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from softcontrast.components.distributed import on_main_process
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -190,6 +193,7 @@ def _load_npz(path: Path, image_size: int | None) -> DatasetSplits:
 
 
 def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The image files of ``root/<class>/``, their labels and the class names (lists and stats every file)."""
     if not root.is_dir():
         raise DataSourceError(f"image folder not found: {root}")
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
@@ -265,7 +269,7 @@ class LazyImageFolder(torch.utils.data.Dataset):
 
 
 def _load_folder_split(root: Path, image_size: int | None) -> "ImageTensorDataset | LazyImageFolder":
-    paths, labels, classes = _scan_folder(root)
+    paths, labels, classes = on_main_process(lambda: _scan_folder(root))
     first = decode_image(paths[0])
     side = image_size or min(first.shape[-2:])
     folder = LazyImageFolder(paths, labels, classes, side)

@@ -269,7 +269,8 @@ class Trainer:
                 first bad step and loss part; no checkpoint is written after it).
             CheckpointMismatchError: ``resume`` points at a run with other settings.
             NoCheckpointError: ``resume`` names no complete checkpoint.
-            OutputWriteError: the output directory or a checkpoint cannot be written.
+            OutputWriteError: the output directory or a checkpoint cannot be written, or the
+                processes do not share the output directory.
         """
         config, accelerator = self.config, self.accelerator
         self._check_sizes(len(train))

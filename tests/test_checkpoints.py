@@ -41,6 +41,7 @@ from test_training import fit, tiny_sce
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "kill_harness.py"
 MOCO = ROOT / "examples" / "moco.py"
+NODES = Path(__file__).resolve().parent / "distributed" / "nodes_two_process.py"
 # 96 digits, 16 per step: 6 steps per epoch on one process, 12 in all; saves at steps 4, 6, 8, 12.
 FLAGS = ["--cpu", "--epochs", "2", "--train-subset", "96", "--batch-size", "16", "--queue-size", "32",
          "--width", "4", "--projector-hidden", "32", "--projector-out", "16", "--log-every", "1",
@@ -152,6 +153,29 @@ def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path)
     assert "step_000000006 (step 6; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(killed), logged_losses(straight))
     assert len(logged_losses(straight)) == 8
+
+
+@pytest.mark.distributed
+def test_node_local_output_dirs_stop_every_process_at_start_with_one_line(tmp_path, run_two_processes):
+    run_two_processes(NODES, "dirs", tmp_path)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"dirs_rank{rank}.json").read_text())
+        lines = report["stderr"].strip().splitlines()
+        assert report["code"] == 2 and "Traceback" not in report["stderr"], report["stderr"][-2000:]
+        assert lines[-1].startswith("moco.py: error: ") and "is not shared: process 1 (host node-1)" in lines[-1]
+        assert "point --output-dir at a filesystem all nodes share" in lines[-1]
+        assert not (tmp_path / f"node{rank}" / "checkpoints").exists()
+
+
+@pytest.mark.distributed
+def test_write_probes_of_two_nodes_never_collide_even_with_equal_process_ids(tmp_path, run_two_processes):
+    run_two_processes(NODES, "probe", tmp_path)
+    written = [json.loads((tmp_path / f"probe_rank{rank}.json").read_text()) for rank in range(2)]
+    for hosts in ("different", "equal"):
+        names = [written[rank][hosts] for rank in range(2)]
+        assert all(len(n) == 1 and not n[0].startswith("error") for n in names), names
+        assert names[0] != names[1]
+    assert list((tmp_path / "shared").iterdir()) == []
 
 
 def test_a_failed_save_is_one_clear_line_and_keeps_the_previous_checkpoint(tmp_path):

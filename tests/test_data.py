@@ -1,5 +1,8 @@
 """Dataset sources, batches with sample ids, and bad input."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,9 @@ def write_folder(root, classes=("cat", "dog"), per_class=3, size=(12, 10)):
         for i in range(per_class):
             pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+NODES = Path(__file__).resolve().parent / "distributed" / "nodes_two_process.py"
 
 
 def test_digits_are_real_scans_split_into_train_and_test():
@@ -103,6 +109,18 @@ def test_training_batches_carry_sample_ids_of_the_images():
                               torch.zeros(10, dtype=torch.long), ["a"])
     for images, ids in TrainingBatches(data, 3).epoch(0):
         assert torch.equal(images[:, 0, 0, 0].long(), ids)
+
+
+@pytest.mark.distributed
+def test_an_image_folder_is_listed_by_the_main_process_only_and_shared(tmp_path, run_two_processes):
+    write_folder(tmp_path / "images", size=(8, 8))
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    run_two_processes(NODES, "listing", tmp_path, tmp_path / "images", tmp_path / "empty")
+    main, other = (json.loads((tmp_path / f"listing_rank{rank}.json").read_text()) for rank in range(2))
+    assert main["calls"]["iterdir"] > 0 and main["calls"]["is_file"] >= 6
+    assert other["calls"] == {"iterdir": 0, "is_file": 0}
+    assert {k: v for k, v in main.items() if k != "calls"} == {k: v for k, v in other.items() if k != "calls"}
+    assert main["labels"] == [0, 0, 0, 1, 1, 1] and "holds no image files" in main["empty"]
 
 
 @pytest.mark.parametrize("source", ["cifar10", "imagefolder:", "zip:foo", ""])

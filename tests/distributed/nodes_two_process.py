@@ -1,0 +1,108 @@
+"""Run with torchrun --nproc_per_node 2: two processes that play two nodes.
+
+Each process takes the host name ``node-<rank>``. ``<mode> <out> [folders]`` writes
+``<out>/<mode>_rank{r}.json``:
+
+* ``dirs``: the MoCo example with a node-local output directory per process
+  (``<out>/node<rank>``): the exit status and what it printed on stderr;
+* ``probe``: ``prepare_output_dir`` on one shared directory with equal process ids,
+  on different and then on equal host names: the files each process wrote;
+* ``listing <folder> <empty folder>``: ``imagefolder:<folder>`` loaded on both
+  processes: how often each process listed or stat-ed a path under the folder, and
+  what it loaded; then the error each process raised for a folder without images.
+"""
+
+import contextlib
+import io
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch.distributed as dist
+from accelerate import Accelerator
+
+from softcontrast.checkpoints import OutputWriteError, prepare_output_dir
+from softcontrast.data import DataSourceError, load_source
+
+ROOT = Path(__file__).resolve().parents[2]
+RANK = int(os.environ["RANK"])
+TINY = ["--cpu", "--epochs", "1", "--train-subset", "64", "--batch-size", "16", "--queue-size", "32",
+        "--width", "4", "--projector-hidden", "16", "--projector-out", "8"]
+
+
+def node_local_output_dirs(out: Path) -> dict:
+    sys.argv = ["moco.py", *TINY, "--output-dir", str(out / f"node{RANK}")]
+    stderr, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(str(ROOT / "examples" / "moco.py"), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+    return {"code": code, "stderr": stderr.getvalue()}
+
+
+def probes(out: Path) -> dict:
+    Accelerator(cpu=True)
+    written: dict[str, list[str]] = {}
+    original = Path.write_bytes
+    for hosts in ("different", "equal"):
+        names = written[hosts] = []
+
+        def write_bytes(path: Path, data: bytes, names: list[str] = names) -> int:
+            names.append(path.name)
+            return original(path, data)
+
+        host = f"node-{RANK}" if hosts == "different" else "node"
+        with mock.patch("os.getpid", return_value=4242), mock.patch("socket.gethostname", return_value=host), \
+                mock.patch.object(Path, "write_bytes", write_bytes):
+            try:
+                prepare_output_dir(out / "shared")
+            except OutputWriteError as error:
+                names.append(f"error: {error}")
+    return written
+
+
+def listing(folder: Path, empty_folder: Path) -> dict:
+    Accelerator(cpu=True)
+    calls = {"iterdir": 0, "is_file": 0}
+
+    def counted(name: str):
+        original = getattr(Path, name)
+
+        def call(path: Path, *args, **kwargs):
+            if path.is_relative_to(folder):
+                calls[name] += 1
+            return original(path, *args, **kwargs)
+
+        return call
+
+    with mock.patch.object(Path, "iterdir", counted("iterdir")), mock.patch.object(Path, "is_file", counted("is_file")):
+        train = load_source(f"imagefolder:{folder}").train
+        try:
+            load_source(f"imagefolder:{empty_folder}")
+            empty = "loaded"
+        except DataSourceError as error:
+            empty = str(error)
+    return {"calls": calls, "labels": train.labels.tolist(), "classes": train.classes,
+            "pixels": train.images.sum().item(), "empty": empty}
+
+
+def main(mode: str, out: Path, *rest: str) -> None:
+    with mock.patch("socket.gethostname", return_value=f"node-{RANK}"):
+        if mode == "dirs":
+            result = node_local_output_dirs(out)
+        elif mode == "probe":
+            result = probes(out)
+        else:
+            result = listing(Path(rest[0]), Path(rest[1]))
+    (out / f"{mode}_rank{RANK}.json").write_text(json.dumps(result))
+    if dist.is_initialized():  # a finished training run has closed it
+        dist.barrier()  # no process leaves while another still talks to it
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:])
