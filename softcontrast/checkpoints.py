@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from softcontrast.components.distributed import gather_objects, rank
+from softcontrast.components.distributed import gather_objects, on_main_process, rank
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_CONFIG = "run_config.json"
@@ -124,6 +124,16 @@ def incomplete_folders(directory: str | Path) -> list[Path]:
         entry for entry in directory.iterdir()
         if entry.is_dir() and (entry.name.startswith(("epoch_", "step_")) and read_checkpoint(entry) is None)
     )
+
+
+def resume_checkpoint(output_dir: str | Path, resume: str | None) -> Checkpoint | None:
+    """:func:`find_resume` chosen by the main process and handed to every process.
+
+    Every process resumes from the same checkpoint even when a node's view of the
+    shared directory lags behind (a stale listing cache); called by all processes
+    together. Raises what :func:`find_resume` raises, on every process.
+    """
+    return on_main_process(lambda: find_resume(output_dir, resume))
 
 
 def find_resume(output_dir: str | Path, resume: str | None) -> Checkpoint | None:

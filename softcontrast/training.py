@@ -16,7 +16,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 from softcontrast.checkpoints import CheckpointMismatchError  # noqa: F401  (raised by fit; imported from here)
-from softcontrast.checkpoints import CheckpointStore, find_resume, prepare_output_dir, rewind_metrics
+from softcontrast.checkpoints import CheckpointStore, prepare_output_dir, resume_checkpoint, rewind_metrics
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
 from softcontrast.evaluation import knn_accuracy
@@ -312,7 +312,7 @@ class Trainer:
         if accelerator.log_with and accelerator.trackers == []:
             accelerator.init_trackers("softcontrast", config={k: str(v) for k, v in self.run_config.items()})
 
-        checkpoint = find_resume(self.output_dir, config.resume)
+        checkpoint = resume_checkpoint(self.output_dir, config.resume)
         if checkpoint is not None:
             self.checkpoints.load(checkpoint)
             if accelerator.is_main_process:

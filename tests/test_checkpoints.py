@@ -178,6 +178,14 @@ def test_write_probes_of_two_nodes_never_collide_even_with_equal_process_ids(tmp
     assert list((tmp_path / "shared").iterdir()) == []
 
 
+def test_every_process_resumes_from_the_checkpoint_the_main_process_chose(tmp_path, run_two_processes):
+    """Process 1's listing of the shared directory lags (it sees no checkpoint yet): it
+    still resumes from the main process's choice instead of starting fresh."""
+    run_two_processes(NODES, "resume", tmp_path)
+    chosen = [json.loads((tmp_path / f"resume_rank{rank}.json").read_text())["checkpoint"] for rank in range(2)]
+    assert chosen == ["step_000000004", "step_000000004"]
+
+
 def test_a_failed_save_is_one_clear_line_and_keeps_the_previous_checkpoint(tmp_path):
     """Also the end-to-end check of the CLI: exit status 2, one line, no traceback."""
     output_dir, control = tmp_path / "run", tmp_path / "control"

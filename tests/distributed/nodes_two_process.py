@@ -7,6 +7,8 @@ Each process takes the host name ``node-<rank>``. ``<mode> <out> [folders]`` wri
   (``<out>/node<rank>``): the exit status and what it printed on stderr;
 * ``probe``: ``prepare_output_dir`` on one shared directory with equal process ids,
   on different and then on equal host names: the files each process wrote;
+* ``resume``: ``resume_checkpoint(auto)`` on a shared directory with one checkpoint
+  that process 1 does not see yet (a stale listing): the checkpoint each process got;
 * ``listing <folder> <empty folder>``: ``imagefolder:<folder>`` loaded on both
   processes: how often each process listed or stat-ed a path under the folder, and
   what it loaded; then the error each process raised for a folder without images.
@@ -24,7 +26,8 @@ from unittest import mock
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from softcontrast.checkpoints import OutputWriteError, prepare_output_dir
+from softcontrast import checkpoints
+from softcontrast.checkpoints import OutputWriteError, prepare_output_dir, resume_checkpoint
 from softcontrast.data import DataSourceError, load_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +68,20 @@ def probes(out: Path) -> dict:
     return written
 
 
+def resume(out: Path) -> dict:
+    Accelerator(cpu=True)
+    if RANK == 0:
+        saved = out / "shared" / checkpoints.CHECKPOINT_DIR / "step_000000004"
+        saved.mkdir(parents=True)
+        (saved / checkpoints.RUN_CONFIG).write_text("{}")
+        (saved / checkpoints.MARKER).write_text(json.dumps({"epoch": 1, "global_step": 4, "serial": 1}))
+    dist.barrier()
+    stale = mock.patch.object(checkpoints, "list_checkpoints", return_value=[]) if RANK == 1 else contextlib.nullcontext()
+    with stale:
+        chosen = resume_checkpoint(out / "shared", "auto")
+    return {"checkpoint": None if chosen is None else chosen.path.name}
+
+
 def listing(folder: Path, empty_folder: Path) -> dict:
     Accelerator(cpu=True)
     calls = {"iterdir": 0, "is_file": 0}
@@ -96,6 +113,8 @@ def main(mode: str, out: Path, *rest: str) -> None:
             result = node_local_output_dirs(out)
         elif mode == "probe":
             result = probes(out)
+        elif mode == "resume":
+            result = resume(out)
         else:
             result = listing(Path(rest[0]), Path(rest[1]))
     (out / f"{mode}_rank{RANK}.json").write_text(json.dumps(result))
