@@ -122,7 +122,7 @@ class FNC(ContrastiveMethod):
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
         """One step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
         batch, num_views = images.shape[0], self.num_views
-        views = self.views(to_float(images))
+        views = self.views(to_float(images), self.streams.at(images.device).local)
         anchors = embed_views(self._encode_online, views).transpose(0, 1)  # z: B×V×D
         momentum = embed_views(self.embed_keys, views).transpose(0, 1)  # ẑ: B×V×D
         columns = ViewColumns.build(momentum, ids, self.queue)
