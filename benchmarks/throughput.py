@@ -310,8 +310,9 @@ def timed_step(ours: Ours, images: Tensor, ids: Tensor, clock: Callable[[str], N
     prepare = (lambda x: x.contiguous(memory_format=torch.channels_last)) if method.channels_last else (lambda x: x)
     with settings.autocast():
         images = to_float(images)
-        query_views = method.query_augment(images)
-        key_views = method.key_augment(images)
+        local = method.streams.at(images.device).local
+        query_views = method.query_augment(images, local)
+        key_views = method.key_augment(images, local)
         clock("views")
         keys = method.embed_keys(key_views)
         support = method.support_embeddings(images, keys)

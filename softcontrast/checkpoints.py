@@ -1,7 +1,8 @@
 """Checkpoints that survive a kill: atomic saves, complete-only listing, resume, pruning.
 
 A checkpoint is the Accelerate state (model with its queue, optimizer, scaler,
-every process's random states, the trainer's position, which sets every schedule)
+every process's random states, the trainer's position, which sets every schedule),
+every process's own objects (``<name>_<process>.pt``: the method's random streams)
 plus the run's settings. It is written into a hidden folder ``checkpoints/.partial-step_NNNNNNNNN``
 beside its final place; the last file written is ``checkpoint.json``, and only then
 is the folder renamed to ``checkpoints/step_NNNNNNNNN`` (one atomic rename). A run
@@ -25,9 +26,10 @@ import secrets
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -50,6 +52,19 @@ _NAME = re.compile(r"^step_(\d+)$")
 #: Epoch-end checkpoints of earlier versions, written in place: complete once ``run_config.json`` exists.
 _LEGACY_NAME = re.compile(r"^epoch_(\d+)$")
 _PROGRESS_FILE = "custom_checkpoint_0.pkl"
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict`` and ``load_state_dict``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def per_process_file(folder: Path, name: str, process_index: int) -> Path:
+    """Where process ``process_index`` keeps its object ``name`` in checkpoint ``folder``."""
+    return folder / f"{name}_{process_index}.pt"
 
 
 class CheckpointMismatchError(ValueError):
@@ -273,13 +288,17 @@ class CheckpointStore:
         accelerator: the run's accelerator (its registered objects are saved).
         run_config: the run's settings, saved beside the state and compared on resume.
         keep: complete checkpoints kept after each save (0 keeps all).
+        per_process: objects that differ between processes (such as random
+            streams), by name: each process saves and restores its own.
     """
 
-    def __init__(self, output_dir: str | Path, accelerator: Accelerator, run_config: dict[str, Any], keep: int = 3):
+    def __init__(self, output_dir: str | Path, accelerator: Accelerator, run_config: dict[str, Any], keep: int = 3,
+                 per_process: Mapping[str, Stateful] | None = None):
         if keep < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), got {keep}")
         self.directory = Path(output_dir) / CHECKPOINT_DIR
         self.accelerator, self.run_config, self.keep = accelerator, run_config, keep
+        self.per_process = dict(per_process or {})
 
     def complete(self) -> list[Checkpoint]:
         """The complete checkpoints, oldest save first."""
@@ -297,6 +316,13 @@ class CheckpointStore:
                 _say(f"skipping incomplete checkpoint folder {folder}")
             _say(f"resuming from {checkpoint.describe()}")
         self.accelerator.load_state(str(checkpoint.path))
+        for name, obj in self.per_process.items():
+            path = per_process_file(checkpoint.path, name, self.accelerator.process_index)
+            if path.is_file():
+                obj.load_state_dict(torch.load(path, weights_only=True))
+            elif self.accelerator.is_main_process:
+                _say(f"{checkpoint.path} holds no {path.name} (written by an earlier version): "
+                     f"{name} start again from the run's seed")
 
     def save(self, epoch: int, global_step: int) -> Path:
         """Writes the accelerator's state atomically, then prunes old checkpoints.
@@ -319,7 +345,7 @@ class CheckpointStore:
         # so the main process publishes only what every process has written
         phases = [
             (True, lambda: _clear(partial, self.directory)),
-            (False, lambda: accelerator.save_state(str(partial))),
+            (False, lambda: self._save_state(partial)),
             (True, lambda: self._publish(partial, final, epoch, global_step)),
         ]
         error: BaseException | None = None
@@ -342,6 +368,11 @@ class CheckpointStore:
             f"could not write checkpoint {final} ({cause}); {kept}. "
             "Free disk space or choose another --output-dir"
         ) from error
+
+    def _save_state(self, folder: Path) -> None:
+        self.accelerator.save_state(str(folder))
+        for name, obj in self.per_process.items():
+            torch.save(obj.state_dict(), per_process_file(folder, name, self.accelerator.process_index))
 
     def _publish(self, partial: Path, final: Path, epoch: int, global_step: int) -> None:
         serial = max((c.serial for c in self.complete()), default=0) + 1

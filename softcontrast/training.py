@@ -63,7 +63,9 @@ class TrainConfig:
         weight_decay: weight decay.
         sgd_momentum: SGD momentum.
         warmup_epochs: linear warm-up before the per-step cosine decay.
-        seed: seed of the weights, data order and augmentations.
+        seed: seed of the weights and data order (the same on every process), and of
+            the method's random streams: augmentations per process (from the seed and
+            the process index), shuffle-BN and mixup permutations shared by all.
         output_dir: where checkpoints, metrics and the exported backbone go.
         checkpoint_every: save a checkpoint every this many epochs (0: only at the end).
         checkpoint_every_steps: also save every this many optimizer steps (0: never);
@@ -203,7 +205,8 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.progress = _Progress()
         self._last_loss = float("nan")
-        self.checkpoints = CheckpointStore(self.output_dir, self.accelerator, self.run_config, config.keep_checkpoints)
+        self.checkpoints = CheckpointStore(self.output_dir, self.accelerator, self.run_config, config.keep_checkpoints,
+                                           per_process={"random_streams": method.streams})
 
     def _check_sizes(self, num_samples: int) -> None:
         global_batch = self.config.batch_size * self.accelerator.num_processes
@@ -275,6 +278,7 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         self._check_sizes(len(train))
         set_seed(config.seed)
+        self.method.streams.reset(config.seed, accelerator.process_index, accelerator.device)
         prepare_output_dir(self.output_dir)
         batches = TrainingBatches(
             train,

@@ -137,7 +137,9 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
 @pytest.mark.distributed
 def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path):
     # 128 digits, 16 per process: 4 steps per epoch, 8 in all; saves at 3, 4, 6, 8.
-    flags = ["--train-subset", "128", "--checkpoint-every-steps", "3", "--queue-size", "64"]
+    # Shuffle-BN draws from the shared stream, the views from each process's own.
+    flags = ["--train-subset", "128", "--checkpoint-every-steps", "3", "--queue-size", "64", "--shuffle-bn",
+             "--split-bn-groups", "2"]
 
     def torchrun(control: Path, hook: str, output_dir: Path, port: int, *extra: str) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
@@ -149,6 +151,9 @@ def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path)
     process = launch(torchrun(control, "save:4", killed, 29532), control)  # the save at step 8
     kill_when_paused(process, control, processes=2)
     assert steps_of(killed) == [3, 4, 6]
+    # every process's random streams are in every checkpoint
+    assert all((c.path / f"random_streams_{rank}.pt").is_file() for c in list_checkpoints(killed / "checkpoints")
+               for rank in range(2))
     resumed = run_to_end(torchrun(tmp_path / "c2", "none", killed, 29533, "--resume", "latest"))
     assert "step_000000006 (step 6; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(killed), logged_losses(straight))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup, mix_targets, sample_mix_params
 from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets import InfoNCE, SelfLabelingRefinery, Targets
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
@@ -128,7 +129,7 @@ def test_two_processes_mix_like_one_process_on_the_concatenated_batch(tmp_path, 
     run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
-    from mixers_two_process import BATCH, global_problem, mixed_step
+    from mixers_two_process import BATCH, SEED, global_problem, mixed_step
 
     single = mixed_step(global_problem(), slice(None), across_processes=False)
     ranks = [torch.load(tmp_path / f"mixers_rank{rank}.pt") for rank in range(2)]
@@ -139,3 +140,7 @@ def test_two_processes_mix_like_one_process_on_the_concatenated_batch(tmp_path, 
     assert torch.equal(partners.sort().values, torch.arange(2 * BATCH))
     assert torch.equal(ranks[0]["batch_theta"], ranks[1]["batch_theta"])
     assert not torch.equal(ranks[0]["theta"], ranks[1]["theta"])
+    # the draws of the shared stream: what one process draws for the concatenated batch
+    one = MomentumMixup(kappa=0.5, per_sample=True).sample(2 * BATCH, "cpu", RandomStreams(SEED, 0))
+    assert torch.equal(partners, one.partner)
+    assert torch.equal(torch.cat([r["theta"] for r in ranks]), one.theta)

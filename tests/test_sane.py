@@ -226,10 +226,10 @@ def test_the_step_drives_mu_and_a_checkpoint_restores_it():
     assert "target_builder.mu" in state
     resumed = tiny_sane(mu_start=0.5, mu_end=3.0)
     resumed.load_state_dict(state)
+    resumed.streams.load_state_dict(method.streams.state_dict())  # a checkpoint holds both
     assert torch.equal(resumed.refinery.mu, method.refinery.mu)
     losses = []
     for model in (method, resumed):
-        torch.manual_seed(9)
         losses.append(model(random_images(seed=2), torch.arange(4) + 4).loss)
     assert torch.equal(losses[0], losses[1])
 

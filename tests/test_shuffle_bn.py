@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from softcontrast.components.augment import for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import MLPHead, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm, grouped_forward, shared_permutation, unshuffle
+from softcontrast.components.streams import RandomStreams
 from softcontrast.methods import MoCoV2
 
 SCRIPT = Path(__file__).parent / "distributed" / "shuffle_bn_two_process.py"
@@ -81,11 +82,11 @@ def test_the_method_encodes_keys_with_split_bn_only_when_asked():
     torch.manual_seed(0)
     plain = MoCoV2(resnet("resnet18", width=4), view=view, queue_size=16)
     views = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    torch.manual_seed(4)
+    shared = torch.Generator()
+    shared.set_state(method.streams.shared.get_state())
     keys = method.embed_keys(views)
-    torch.manual_seed(4)
-    expected = grouped_forward(plain.target_encoder, views, shared_permutation(8, "cpu"), 2)
-    torch.testing.assert_close(keys, expected)
+    expected = grouped_forward(plain.target_encoder, views, shared_permutation(8, "cpu", shared), 2)
+    torch.testing.assert_close(keys, expected)  # the permutation comes from the method's shared stream
     assert not torch.allclose(plain.embed_keys(views), keys)
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     output = method(images, torch.arange(8))
@@ -106,16 +107,19 @@ def test_two_processes_give_the_keys_of_one_process_with_the_same_permutation(tm
     run_two_processes(SCRIPT, tmp_path)
 
     sys.path.insert(0, str(SCRIPT.parent))
-    from shuffle_bn_two_process import BATCH, fixed_permutation, global_views, key_encoder
+    from shuffle_bn_two_process import BATCH, SEED, fixed_permutation, global_views, key_encoder
 
     ranks = [torch.load(tmp_path / f"shuffle_bn_rank{rank}.pt") for rank in range(2)]
     views = global_views()
     for groups in (2, 4):
         expected = grouped_forward(key_encoder(), views, fixed_permutation(), groups)
         torch.testing.assert_close(torch.cat([r[f"keys_{groups}"] for r in ranks]), expected)
-    noise = torch.cat([torch.rand(BATCH, generator=torch.Generator().manual_seed(100 + rank)) for rank in range(2)])
-    drawn = noise.argsort(stable=True)
-    assert all(torch.equal(r["drawn_permutation"], drawn) for r in ranks)
-    expected = grouped_forward(key_encoder(), views, drawn, 2)
+    # both processes draw what one process draws for the global batch from the shared stream
+    shared = RandomStreams(SEED, 0).shared
+    drawn = [shared_permutation(2 * BATCH, "cpu", shared) for _ in range(2)]
+    assert all(torch.equal(p, q) for r in ranks for p, q in zip(r["drawn_permutations"], drawn, strict=True))
+    assert not torch.equal(drawn[0], drawn[1])
+    expected = grouped_forward(key_encoder(), views, drawn[0], 2)
     torch.testing.assert_close(torch.cat([r["keys_drawn"] for r in ranks]), expected)
     assert all("multiple of the number of processes (2)" in r["error"] for r in ranks)
+    assert all("needs a generator that every process holds identically" in r["no_generator_error"] for r in ranks)

@@ -440,11 +440,17 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.recipe = recipe
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Returns a normalised float view of ``uint8`` (or ``[0, 1]`` float) images."""
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Returns a normalised float view of ``uint8`` (or ``[0, 1]`` float) images.
+
+        Args:
+            images: ``B×3×H×W`` images.
+            generator: draws the per-sample parameters (on the images' device; a
+                method passes its per-process stream); default: the global generator.
+        """
         images = to_float(images)
         batch, _, height, width = images.shape
-        params = sample_view_params(self.recipe, batch, height, width, images.device)
+        params = sample_view_params(self.recipe, batch, height, width, images.device, generator)
         return apply_view(images, params, self.recipe)
 
 

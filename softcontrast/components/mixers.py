@@ -13,7 +13,7 @@ mixup mixes query views with query views instead.
 
 A mixer is three calls any method can use::
 
-    params = mixer.sample(batch, device)
+    params = mixer.sample(batch, device, streams)
     virtual = mixer.mix_inputs(query_views, key_views, params)
     targets = mixer.mix_targets(targets, params)
 
@@ -24,6 +24,12 @@ Details the paper leaves open are parameters:
 * ``across_processes``: ``π`` permutes the global batch of all processes (default;
   then several processes compute exactly what one process computes on the
   concatenated batch) or only each process's local batch (no pixel gather).
+
+Random draws: across processes, ``θ`` and ``π`` are drawn for the whole global batch
+from a generator that every process holds identically
+(:attr:`~softcontrast.components.streams.RandomStreams.shared`), and each process
+keeps its rows, so all agree without communication; a local mixup draws from the
+process's own stream.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import torch
 from torch import Tensor
 
 from softcontrast.components.distributed import gather_no_grad, gather_with_grad, rank
+from softcontrast.components.shuffle_bn import shared_permutation
+from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets.base import Targets
 
 
@@ -55,38 +63,61 @@ class MixParams:
 
 
 def sample_mix_params(
-    batch: int, kappa: float, device: torch.device | str, per_sample: bool = False, across_processes: bool = True
+    batch: int,
+    kappa: float,
+    device: torch.device | str,
+    per_sample: bool = False,
+    across_processes: bool = True,
+    generator: torch.Generator | None = None,
 ) -> MixParams:
     """Draws ``θ ~ Beta(κ, κ)`` and a random permutation ``π``.
 
-    Across processes, every process draws uniform noise for its rows; ``π`` is the
-    stable argsort of the gathered noise, so all processes hold the same global
-    permutation without a broadcast. A per-batch ``θ`` is the first process's.
+    Across processes, ``θ`` and ``π`` are drawn for the global batch from
+    ``generator`` and each process keeps its rows: with a generator that every
+    process holds identically, all hold the same draw without communication (and
+    exactly what one process draws for the concatenated batch).
 
     Args:
         batch: local batch size B.
         kappa: ``κ > 0`` of the Beta distribution.
-        device: device of the returned tensors.
+        device: device of the returned tensors (and of ``generator``).
         per_sample: one ``θ_i`` per row, or one ``θ`` for the batch (default).
         across_processes: permute the global batch, or each local batch.
+        generator: draws ``θ`` and ``π``; across several processes it must be
+            shared by all of them; default: the global generator (one process).
 
     Raises:
-        ValueError: ``κ <= 0`` or ``batch < 1``.
+        ValueError: ``κ <= 0``, ``batch < 1``, or a global draw of several
+            processes without a generator.
     """
     if not kappa > 0:
         raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {kappa}")
     if batch < 1:
         raise ValueError(f"mixup batch must be >= 1, got {batch}")
-    concentration = torch.full((), float(kappa), device=device)  # a fill, not a copy from the host
-    beta = torch.distributions.Beta(concentration, concentration, validate_args=False)  # checks read the host
-    theta = beta.sample((batch if per_sample else 1,))
     if not across_processes:
-        return MixParams(theta.expand(batch), torch.randperm(batch, device=device), False)
-    if not per_sample:
-        theta = gather_no_grad(theta)[:1]
-    order = gather_no_grad(torch.rand(batch, device=device)).argsort(stable=True)
-    partner = order[rank() * batch : (rank() + 1) * batch]
-    return MixParams(theta.expand(batch), partner, True)
+        theta = beta_sample(kappa, batch if per_sample else 1, device, generator)
+        return MixParams(theta.expand(batch), torch.randperm(batch, device=device, generator=generator), False)
+    order = shared_permutation(batch, device, generator)
+    own = slice(rank() * batch, (rank() + 1) * batch)
+    theta = beta_sample(kappa, order.shape[0] if per_sample else 1, device, generator)
+    return MixParams((theta[own] if per_sample else theta).expand(batch), order[own], True)
+
+
+def beta_sample(
+    kappa: float, count: int, device: torch.device | str, generator: torch.Generator | None = None
+) -> Tensor:
+    """``count`` draws of ``Beta(κ, κ)`` from ``generator``.
+
+    ``torch.distributions.Beta`` takes no generator; this samples as it does: the
+    first coordinate of a ``Dirichlet(κ, κ)`` draw.
+
+    Args:
+        kappa: ``κ > 0``.
+        count: number of draws.
+        device: device of the draws (and of ``generator``).
+        generator: default: the global generator.
+    """
+    return torch._sample_dirichlet(torch.full((count, 2), float(kappa), device=device), generator)[:, 0]
 
 
 def partner_rows(x: Tensor, params: MixParams) -> Tensor:
@@ -136,8 +167,8 @@ def mix_targets(targets: Targets, params: MixParams) -> Targets:
 class Mixer(Protocol):
     """Anything that mixes a batch's views and targets alike."""
 
-    def sample(self, batch: int, device: torch.device | str) -> MixParams:
-        """Draws the mixing parameters of a local batch of ``batch`` rows."""
+    def sample(self, batch: int, device: torch.device | str, streams: RandomStreams | None = None) -> MixParams:
+        """Draws the mixing parameters of a local batch of ``batch`` rows from ``streams``."""
         ...
 
     def mix_inputs(self, queries: Tensor, keys: Tensor, params: MixParams) -> Tensor:
@@ -159,9 +190,15 @@ class _BetaMixup:
         if not self.kappa > 0:
             raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {self.kappa}")
 
-    def sample(self, batch: int, device: torch.device | str) -> MixParams:
-        """Draws ``θ ~ Beta(κ, κ)`` and ``π`` (see :func:`sample_mix_params`)."""
-        return sample_mix_params(batch, self.kappa, device, self.per_sample, self.across_processes)
+    def sample(self, batch: int, device: torch.device | str, streams: RandomStreams | None = None) -> MixParams:
+        """Draws ``θ ~ Beta(κ, κ)`` and ``π`` (see :func:`sample_mix_params`) from the shared
+        stream of ``streams`` across processes, else from its local one (default: the global
+        generator, one process only)."""
+        generator = None
+        if streams is not None:
+            streams = streams.at(device)
+            generator = streams.shared if self.across_processes else streams.local
+        return sample_mix_params(batch, self.kappa, device, self.per_sample, self.across_processes, generator)
 
     def mix_targets(self, targets: Targets, params: MixParams) -> Targets:
         """``θ_i·target_i + (1 − θ_i)·target_π(i)`` (see :func:`mix_targets`)."""

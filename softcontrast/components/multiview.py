@@ -58,9 +58,10 @@ class MultiViewAugment(nn.Module):
     def __len__(self) -> int:
         return len(self.augments)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``V`` normalised float views of ``images`` (``B×3×H×W``), in recipe order."""
-        return [augment(images) for augment in self.augments]
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """``V`` normalised float views of ``images`` (``B×3×H×W``), in recipe order, drawn
+        from ``generator`` (default: the global generator)."""
+        return [augment(images, generator) for augment in self.augments]
 
 
 def embed_views(encode: Encode, views: Sequence[Tensor]) -> Tensor:
@@ -288,6 +289,7 @@ class SmallCrops(nn.Module):
         self.count = count
         self.augment = MultiViewAugment([recipe] * count)
 
-    def forward(self, encode: Encode, images: Tensor) -> Tensor:
-        """``N×B×D`` online embeddings of ``N`` small crops of ``images``."""
-        return embed_views(encode, self.augment(images))
+    def forward(self, encode: Encode, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``N×B×D`` online embeddings of ``N`` small crops of ``images``, drawn from ``generator``
+        (default: the global generator)."""
+        return embed_views(encode, self.augment(images, generator))

@@ -10,7 +10,8 @@ group is unrelated to the query batch.
 :class:`ShuffleBatchNorm` implements both forms as one rule over the global batch of
 ``W`` processes (``W·B`` rows) and ``G`` groups in total:
 
-1. draw one permutation ``π`` of the ``W·B`` rows that every process agrees on;
+1. draw one permutation ``π`` of the ``W·B`` rows that every process agrees on, fresh
+   at every step, from a generator all processes share (no communication);
 2. process ``r`` takes rows ``π[r·B : (r+1)·B]`` of the gathered views (its shard)
    and encodes it in ``G / W`` groups (``torch.tensor_split``), each in its own
    forward pass, so each group is normalised with its own statistics;
@@ -80,11 +81,30 @@ def unshuffle(shuffled: Tensor, permutation: Tensor) -> Tensor:
     return restored
 
 
-def shared_permutation(batch: int, device: torch.device | str) -> Tensor:
-    """A random permutation of the global batch (``world_size()·batch`` rows) that every
-    process holds identically, without a broadcast: each process draws uniform noise for
-    its rows and the permutation is the stable argsort of the gathered noise."""
-    return gather_no_grad(torch.rand(batch, device=device)).argsort(stable=True)
+def shared_permutation(batch: int, device: torch.device | str, generator: torch.Generator | None = None) -> Tensor:
+    """A random permutation of the global batch (``world_size()·batch`` rows), drawn from ``generator``.
+
+    Every process holds the same permutation, without communication, when
+    ``generator`` is a stream that all processes hold identically
+    (:attr:`~softcontrast.components.streams.RandomStreams.shared`); each call draws
+    a fresh one.
+
+    Args:
+        batch: the local batch size B (equal on all processes).
+        device: where the permutation lives (``generator``'s device).
+        generator: a generator shared by all processes; in one process it may be
+            omitted (the global generator draws).
+
+    Raises:
+        ValueError: several processes and no generator.
+    """
+    world = world_size()
+    if generator is None and world > 1:
+        raise ValueError(
+            f"a permutation of the global batch of {world} processes needs a generator that every process "
+            "holds identically: pass one (e.g. a method's streams.shared)"
+        )
+    return torch.rand(world * batch, device=device, generator=generator).argsort(stable=True)
 
 
 class ShuffleBatchNorm(nn.Module):
@@ -130,7 +150,8 @@ class ShuffleBatchNorm(nn.Module):
             encode: the momentum encoder.
             views: this process's ``B×...`` key views (``B`` equal on all processes).
             permutation: a permutation of the global ``W·B`` rows shared by all
-                processes (default: :func:`shared_permutation`).
+                processes (default: :func:`shared_permutation` from the global
+                generator, one process only).
 
         Returns:
             ``B×D`` keys in the order of ``views``.

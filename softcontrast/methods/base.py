@@ -15,7 +15,8 @@ from softcontrast.components.memory_format import cpu_channels_last_hazards, to_
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.queue import MemoryQueue
-from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.components.shuffle_bn import ShuffleBatchNorm, shared_permutation
+from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets.base import TargetBuilder, Targets
 from softcontrast.evaluation import label_diagnostics
 
@@ -53,6 +54,10 @@ class ContrastiveMethod(nn.Module):
     ``(target, mask)``; loss = masked soft cross-entropy of ``q·Cᵀ/τ``. After the
     optimizer step (:meth:`after_optimizer_step`): EMA update, then enqueue the
     gathered keys and ids.
+
+    Random draws come from :attr:`streams`: the views from its per-process
+    ``local`` stream, the shuffle-BN permutation from its ``shared`` stream. The
+    trainer seeds them from the run's seed and the process index and checkpoints them.
 
     Args:
         backbone: feature extractor of the online encoder.
@@ -131,6 +136,7 @@ class ContrastiveMethod(nn.Module):
         self.small_crops = small_crops
         self._pending: list[tuple[Tensor, Tensor]] = []
         self.diagnostic_labels: Tensor | None = None
+        self.streams = RandomStreams()
 
     def check_global_batch(self, global_batch: int) -> None:
         """Raises a ``ValueError`` when the queue cannot hold one global batch of keys."""
@@ -170,16 +176,20 @@ class ContrastiveMethod(nn.Module):
         return views
 
     def embed_keys(self, views: Tensor) -> Tensor:
-        """Momentum embeddings (no gradient) of ``views``."""
-        if self.shuffle_bn is not None:
-            return self.shuffle_bn(self.target_encoder, self._prepare(views))
-        return self.target_encoder(self._prepare(views))
+        """Momentum embeddings (no gradient) of ``views``; under shuffle-BN with a fresh
+        permutation of the global batch from the shared stream."""
+        views = self._prepare(views)
+        if self.shuffle_bn is None:
+            return self.target_encoder(views)
+        permutation = shared_permutation(views.shape[0], views.device, self.streams.at(views.device).shared)
+        return self.shuffle_bn(self.target_encoder, views, permutation)
 
     def support_embeddings(self, images: Tensor, keys: Tensor) -> Tensor | None:
         """``B×S×D`` support embeddings: the key, then ``S−1`` extra momentum views."""
         if self.support_views == 0:
             return None
-        extra = [self.embed_keys(self.support_augment(images)) for _ in range(self.support_views - 1)]
+        local = self.streams.at(images.device).local
+        extra = [self.embed_keys(self.support_augment(images, local)) for _ in range(self.support_views - 1)]
         return torch.stack([keys, *extra], dim=1)
 
     def contrast(self, query_views: Tensor, keys: Tensor, ids: Tensor, support: Tensor | None = None) -> Contrast:
@@ -194,12 +204,13 @@ class ContrastiveMethod(nn.Module):
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
         """One training step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
         images = to_float(images)
-        query_views = self.query_augment(images)
-        key_views = self.key_augment(images)
+        local = self.streams.at(images.device).local
+        query_views = self.query_augment(images, local)
+        key_views = self.key_augment(images, local)
         keys = self.embed_keys(key_views)
         first = self.contrast(query_views, keys, ids, self.support_embeddings(images, keys))
         self._pending = [(keys, ids)]
-        crops = None if self.small_crops is None else self.small_crops(self._encode_online, images)
+        crops = None if self.small_crops is None else self.small_crops(self._encode_online, images, local)
         first_loss = first.loss if crops is None else self.with_small_crops(first, crops)
         if not self.symmetric:
             return StepOutput(first_loss, self._metrics(first))

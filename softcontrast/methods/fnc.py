@@ -160,7 +160,7 @@ class FNC(ContrastiveMethod):
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
         """One step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
         batch, num_views = images.shape[0], self.num_views
-        views = self.views(to_float(images))
+        views = self.views(to_float(images), self.streams.at(images.device).local)
         anchors = embed_views(self._encode_online, views).transpose(0, 1)  # z: B×V×D
         detectors, columns = self.view_columns(views, ids, anchors)  # ẑ: B×V×D
         found = self.target_builder.false_negatives(columns, detectors, ids)  # F_i: B×N

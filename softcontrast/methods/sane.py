@@ -146,9 +146,12 @@ class SANE(ContrastiveMethod):
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
         """One SANE step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
         images = to_float(images)
-        query_views, key_views = self.query_augment(images), self.key_augment(images)
-        strong_views = self.strong_augment(images) if self.strong_augment is not None else None
-        mixing = self.mixer.sample(images.shape[0], images.device) if self.mixer is not None and self.lam > 0 else None
+        streams = self.streams.at(images.device)
+        query_views, key_views = self.query_augment(images, streams.local), self.key_augment(images, streams.local)
+        strong_views = self.strong_augment(images, streams.local) if self.strong_augment is not None else None
+        mixing = None
+        if self.mixer is not None and self.lam > 0:
+            mixing = self.mixer.sample(images.shape[0], images.device, streams)
         return self.sane_step(query_views, key_views, ids, strong_views, mixing)
 
     def sane_step(

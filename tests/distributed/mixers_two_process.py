@@ -3,7 +3,8 @@
 Every process takes its rows of one global problem (:func:`global_problem`), mixes
 them with the global permutation, and writes ``<out>/mixers_rank{r}.pt``; the test
 compares the concatenation with one process on the whole batch. Each process also
-draws mixing parameters (the whole SANE loss across processes is in sane_two_process.py).
+draws mixing parameters from streams of seed :data:`SEED` (the whole SANE loss across
+processes is in sane_two_process.py).
 """
 
 import sys
@@ -16,9 +17,10 @@ from accelerate import Accelerator
 from softcontrast.components.columns import LogitColumns
 from softcontrast.components.mixers import MixParams, MomentumMixup
 from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets import SelfLabelingRefinery
 
-WORLD, BATCH, DIM, QUEUE = 2, 3, 5, 7
+WORLD, BATCH, DIM, QUEUE, SEED = 2, 3, 5, 7, 3
 
 
 def global_problem() -> dict[str, torch.Tensor]:
@@ -56,9 +58,9 @@ def main(out: Path) -> None:
     rank = accelerator.process_index
     result = mixed_step(global_problem(), slice(rank * BATCH, (rank + 1) * BATCH), across_processes=True)
 
-    torch.manual_seed(100 + rank)
-    sampled = MomentumMixup(kappa=0.5, per_sample=True).sample(BATCH, "cpu")
-    per_batch = MomentumMixup(kappa=0.5, per_sample=False).sample(BATCH, "cpu")
+    streams = RandomStreams(SEED, rank)
+    sampled = MomentumMixup(kappa=0.5, per_sample=True).sample(BATCH, "cpu", streams)
+    per_batch = MomentumMixup(kappa=0.5, per_sample=False).sample(BATCH, "cpu", streams)
     result.update(partner=sampled.partner, theta=sampled.theta, batch_theta=per_batch.theta)
     torch.save(result, out / f"mixers_rank{rank}.pt")
     accelerator.wait_for_everyone()  # no process leaves while another still talks to it

@@ -3,7 +3,8 @@
 Every process encodes its rows of one global batch (:func:`global_views`) with
 :class:`ShuffleBatchNorm` and writes ``<out>/shuffle_bn_rank{r}.pt``; the test
 compares the concatenated keys with one process running split-BN on the whole batch
-with the same permutation.
+with the same permutation, and the permutations drawn from the shared stream of
+seed :data:`SEED` with one process's draw.
 """
 
 import sys
@@ -14,8 +15,9 @@ from accelerate import Accelerator
 
 from softcontrast.components.backbones import Encoder, projector_for, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm, shared_permutation
+from softcontrast.components.streams import RandomStreams
 
-WORLD, BATCH = 2, 6
+WORLD, BATCH, SEED = 2, 6, 7
 
 
 def key_encoder() -> Encoder:
@@ -43,14 +45,14 @@ def main(out: Path) -> None:
     result = {}
     for groups in (2, 4):
         result[f"keys_{groups}"] = ShuffleBatchNorm(groups)(encoder, views, fixed_permutation())
-    torch.manual_seed(100 + rank)
-    result["drawn_permutation"] = shared_permutation(BATCH, "cpu")
-    torch.manual_seed(100 + rank)
-    result["keys_drawn"] = ShuffleBatchNorm(2)(encoder, views)
-    try:
-        ShuffleBatchNorm(3)(encoder, views)
-    except ValueError as error:
-        result["error"] = str(error)
+    shared = RandomStreams(SEED, rank).shared
+    result["drawn_permutations"] = [shared_permutation(BATCH, "cpu", shared) for _ in range(2)]
+    result["keys_drawn"] = ShuffleBatchNorm(2)(encoder, views, result["drawn_permutations"][0])
+    for name, groups in (("error", 3), ("no_generator_error", 2)):
+        try:
+            ShuffleBatchNorm(groups)(encoder, views)
+        except ValueError as error:
+            result[name] = str(error)
     torch.save(result, out / f"shuffle_bn_rank{rank}.pt")
     accelerator.wait_for_everyone()  # no process leaves while another still talks to it
     accelerator.end_training()
