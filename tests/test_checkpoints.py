@@ -36,6 +36,7 @@ from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weight
 from softcontrast.methods import SCE
 from softcontrast.training import make_accelerator
 
+from conftest import free_port
 from test_training import fit, tiny_sce
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,15 +147,15 @@ def test_two_processes_killed_while_saving_resume_with_the_same_losses(tmp_path)
                 *harness(control, hook, output_dir, *flags, *extra)[1:]]
 
     straight = tmp_path / "straight"
-    run_to_end(torchrun(tmp_path / "c0", "none", straight, 29531))
+    run_to_end(torchrun(tmp_path / "c0", "none", straight, free_port()))
     killed, control = tmp_path / "killed", tmp_path / "c1"
-    process = launch(torchrun(control, "save:4", killed, 29532), control)  # the save at step 8
+    process = launch(torchrun(control, "save:4", killed, free_port()), control)  # the save at step 8
     kill_when_paused(process, control, processes=2)
     assert steps_of(killed) == [3, 4, 6]
     # every process's random streams are in every checkpoint
     assert all((c.path / f"random_streams_{rank}.pt").is_file() for c in list_checkpoints(killed / "checkpoints")
                for rank in range(2))
-    resumed = run_to_end(torchrun(tmp_path / "c2", "none", killed, 29533, "--resume", "latest"))
+    resumed = run_to_end(torchrun(tmp_path / "c2", "none", killed, free_port(), "--resume", "latest"))
     assert "step_000000006 (step 6; epochs done: 1)" in resumed.stderr
     assert_same_losses(logged_losses(killed), logged_losses(straight))
     assert len(logged_losses(straight)) == 8
