@@ -304,3 +304,12 @@ def test_faiss_gpu_k_is_capped_by_the_filled_entries_and_refused_above_the_gpu_l
     with pytest.raises(ValueError, match="at most 2048 neighbours per query, asked for k=2049.*lower k"):
         search.search(queries, 2049)
     assert search.search(queries, 2048)[1].shape == (2, 2048) and gpu_faiss.asked == [100, 2048]
+
+
+def test_faiss_gpu_ivf_refuses_more_lists_per_query_than_the_gpu_scans(gpu_faiss):
+    search = NeighborSearch("faiss-ivf", device="cuda", nprobe=2049)
+    with pytest.raises(ValueError, match="at most 2048 IVF lists per query, got nprobe=2049: lower nprobe"):
+        refill(search, unit(300, 8, 92))
+    assert gpu_faiss.placed == []
+    refill(NeighborSearch("faiss-ivf", device="cuda", nprobe=2048), unit(300, 8, 93))
+    assert gpu_faiss.placed == [1]

@@ -276,6 +276,11 @@ class NeighborSearch:
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = self.seed
         if device.type == "cuda":
+            if backend == "faiss-ivf" and self.nprobe > FAISS_GPU_MAX_K:
+                raise ValueError(
+                    f"FAISS on a GPU scans at most {FAISS_GPU_MAX_K} IVF lists per query, got nprobe={self.nprobe}: "
+                    f"lower nprobe to {FAISS_GPU_MAX_K} or less, or search on the CPU"
+                )
             index = faiss.index_cpu_to_gpu(gpu_resources(device.index), device.index, index)
         if backend == "faiss-ivf":
             generator = torch.Generator().manual_seed(self.seed)
