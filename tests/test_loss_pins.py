@@ -1,0 +1,125 @@
+"""Losses of every method on fixed inputs, pinned (``tests/pins/losses.json``).
+
+Each case builds a method from tiny parts, runs three whole steps (views, loss,
+backward, SGD, then the method's after-step: EMA, memory, schedules) on fixed
+images with seeded random streams, and compares every step's loss parts to the
+pinned values to 1e-6. The pins were written by the code before the one-step
+redesign, so any change of a method's numbers shows here.
+
+Rewrite the pins (only when a change of the numbers is intended and explained)::
+
+    python tests/test_loss_pins.py --write
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.backbones import projector_for, resnet
+from softcontrast.components.bank import EmbeddingBank
+from softcontrast.components.multiview import SmallCrops
+from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.methods import FNC, SANE, SCE, ContrastiveMethod, FNCOnMoCo, MoCoV2
+
+PINS = Path(__file__).parent / "pins" / "losses.json"
+VIEW = ViewRecipe(size=8)
+BATCH, STEPS, SAMPLES = 8, 3, 24
+TOLERANCE = 1e-6
+
+
+def parts() -> dict:
+    torch.manual_seed(0)
+    backbone = resnet("resnet18", width=4)
+    return {"backbone": backbone, "projector": projector_for(backbone, 16, 8)}
+
+
+def bank() -> EmbeddingBank:
+    return EmbeddingBank(SAMPLES, 8, backend="torch")
+
+
+CASES: dict[str, Callable[[], ContrastiveMethod]] = {
+    "moco": lambda: MoCoV2(**parts(), view=VIEW, queue_size=16),
+    "moco_symmetric_split_bn": lambda: MoCoV2(**parts(), view=VIEW, queue_size=16, symmetric=True,
+                                              shuffle_bn=ShuffleBatchNorm(2)),
+    "sce": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW),
+    "sce_in_batch_symmetric": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
+                                          in_batch_keys=True, symmetric=True, lam=0.3, tau_m=0.1),
+    "sce_small_crops": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
+                                   small_crops=SmallCrops(2, ViewRecipe(size=4))),
+    "fnc_attract": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=48, view=VIEW),
+    "fnc_eliminate_mean": lambda: FNC(**parts(), support_views=2, top_k=2, threshold=-0.5, memory_size=64,
+                                      strategy="eliminate", aggregation="mean", view=VIEW),
+    "fnc_no_memory": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0, view=VIEW),
+    "fnc_library_layout": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=32,
+                                      column_layout="library", view=VIEW),
+    "fnc_library_no_memory": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0,
+                                         column_layout="library", strategy="eliminate", view=VIEW),
+    "fnc_bank": lambda: FNC(**parts(), support_views=1, top_k=2, threshold=0.0, memory_size=48, view=VIEW,
+                            bank=bank()),
+    "fnc_on_moco_attract": lambda: FNCOnMoCo(**parts(), support_views=2, top_k=3, threshold=0.0, queue_size=16,
+                                             view=VIEW),
+    "fnc_on_moco_eliminate_symmetric": lambda: FNCOnMoCo(**parts(), support_views=1, top_k=2, threshold=-0.5,
+                                                         queue_size=16, view=VIEW, strategy="eliminate",
+                                                         symmetric=True),
+    "fnc_on_moco_bank": lambda: FNCOnMoCo(**parts(), support_views=2, top_k=2, threshold=0.0, queue_size=16,
+                                          view=VIEW, bank=bank()),
+    "sane": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW),
+    "sane_strong_per_sample": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
+                                           mixup_view="strong", per_sample_theta=True),
+    "sane_no_mixup_symmetric": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
+                                            mixup=False, symmetric=True, use_q=False),
+    "sane_lam_zero": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW, lam=0.0),
+}
+
+#: Loss parts pinned per step (those a method reports).
+PARTS = ("loss", "loss_c", "loss_mix")
+
+
+def run_case(name: str) -> list[dict[str, float]]:
+    """The loss parts of three whole steps of case ``name`` (on one thread: reductions in a fixed order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_case(name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_case(name: str) -> list[dict[str, float]]:
+    method = CASES[name]()
+    method.streams.reset(7, 0, torch.device("cpu"))
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (SAMPLES, 3, 12, 12), dtype=torch.uint8, generator=generator)
+    losses = []
+    for step in range(STEPS):
+        ids = torch.arange(step * BATCH, (step + 1) * BATCH) % SAMPLES
+        output = method(images[ids], ids)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(step, 10)
+        losses.append({part: float(output.metrics.get(part, output.loss if part == "loss" else float("nan")))
+                       for part in PARTS if part in output.metrics or part == "loss"})
+    return losses
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_losses_on_fixed_inputs_equal_the_pins(name):
+    pinned = json.loads(PINS.read_text())[name]
+    got = run_case(name)
+    for step, (expected, actual) in enumerate(zip(pinned, got)):
+        assert set(actual) == set(expected), f"step {step}: parts {sorted(actual)} != {sorted(expected)}"
+        for part in expected:
+            assert abs(actual[part] - expected[part]) <= TOLERANCE, (
+                f"{name} step {step} {part}: {actual[part]:.8f} != pinned {expected[part]:.8f}")
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    PINS.write_text(json.dumps({name: run_case(name) for name in sorted(CASES)}, indent=1) + "\n")
+    print(f"wrote {PINS}")
