@@ -1,9 +1,26 @@
-"""One class per method, composed from the components."""
+"""The methods: presets of the one training step, registered by name.
+
+``method_spec("sce")`` gives SCE's config dataclass and build; see
+:mod:`softcontrast.methods.registry`.
+"""
 
 from softcontrast.methods.base import ContrastiveMethod, StepOutput
-from softcontrast.methods.fnc import FNC, FNCOnMoCo
-from softcontrast.methods.moco import MoCoV2
-from softcontrast.methods.sce import SCE
-from softcontrast.methods.sane import SANE
+from softcontrast.methods.fnc import FNC, FNCConfig, FNCOnMoCo, FNCOnMoCoConfig, build_fnc, build_fnc_on_moco
+from softcontrast.methods.moco import MoCoConfig, MoCoV2, build_moco
+from softcontrast.methods.registry import MethodSpec, Setup, method_names, method_spec, register
+from softcontrast.methods.sane import SANE, SANEConfig, build_sane
+from softcontrast.methods.sce import SCE, SCEConfig, build_sce
 
-__all__ = ["ContrastiveMethod", "FNC", "FNCOnMoCo", "MoCoV2", "SANE", "SCE", "StepOutput"]
+register("moco", MoCoConfig, build_moco, "MoCo v2: one-hot InfoNCE target against a momentum queue")
+register("sce", SCEConfig, build_sce, "SCE: soft target λ·e_pos + (1−λ)·softmax(k·Cᵀ/τm) over the other columns")
+register("fnc", FNCConfig, build_fnc,
+         "FNC as published: every view an anchor; detected false negatives attracted or eliminated")
+register("fnc-moco", FNCOnMoCoConfig, build_fnc_on_moco,
+         "FNC on MoCo v2 (this library's adaptation): one anchor per image, support views detect")
+register("sane", SANEConfig, build_sane, "SANE: refined labels (1−α−β)·y + α·p + β·q with momentum mixup")
+
+__all__ = [
+    "ContrastiveMethod", "FNC", "FNCConfig", "FNCOnMoCo", "FNCOnMoCoConfig", "MethodSpec", "MoCoConfig", "MoCoV2",
+    "SANE", "SANEConfig", "SCE", "SCEConfig", "Setup", "StepOutput", "build_fnc", "build_fnc_on_moco", "build_moco",
+    "build_sane", "build_sce", "method_names", "method_spec", "register",
+]

@@ -7,6 +7,8 @@ detection), kept as an option.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +26,9 @@ from softcontrast.components.targets.false_negatives import (
 from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
 from softcontrast.evaluation import view_false_negative_diagnostics
 from softcontrast.methods.base import Contrast, ContrastiveMethod, StepOutput
+from softcontrast.methods.common import DetectionSettings, MomentumSettings, QueueSettings
+from softcontrast.methods.registry import Setup
+from softcontrast.settings import setting
 
 #: Column layouts of :class:`FNC`: the published one, and this library's earlier choice.
 COLUMN_LAYOUTS = ("published", "library")
@@ -287,3 +292,46 @@ class FNCOnMoCo(ContrastiveMethod):
             for keys, ids in self._pending:
                 self.bank.update(gather_no_grad(keys), gather_no_grad(ids))
         super().after_optimizer_step(step, total_steps)
+
+
+@dataclass
+class FNCConfig(DetectionSettings, MomentumSettings):
+    """FNC as published (Huynh et al., WACV 2022), the official defaults."""
+
+    momentum: float = setting(0.999, "EMA momentum of the momentum encoder")
+    temperature: float = setting(0.1, "T of the loss")
+    support_views: int = setting(8, "S, views per image beyond the first two (V = 2 + S); every view is an anchor")
+    memory_size: int | None = setting(
+        None, "view entries in the memory, the current block included (default 16 × the global batch, as "
+              "published; 0 = none)")
+    loss_scale: float = setting(2.0, "scale of the mean loss over anchors (2 as published, 1 = plain mean)")
+    column_layout: str = setting(
+        "published", "published: the memory counts the block, without memory the online views are the columns; "
+                     "library: our earlier layout", choices=COLUMN_LAYOUTS)
+
+
+@dataclass
+class FNCOnMoCoConfig(DetectionSettings, QueueSettings):
+    """FNC on MoCo v2: this library's adaptation (one anchor per image)."""
+
+    temperature: float = setting(0.2, "τ of the loss")
+    detection_views: int = setting(4, "momentum embeddings per image that detect false negatives, the key included")
+
+
+def build_fnc(config: FNCConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    memory = 16 * setup.global_batch if config.memory_size is None else config.memory_size
+    return FNC(backbone, setup.projector_for(backbone), support_views=config.support_views, top_k=config.top_k,
+               threshold=config.threshold, strategy=config.strategy, aggregation=config.aggregation,
+               search_backend=config.search_backend, bank=setup.bank, view=setup.view(moco_v2_cifar()),
+               memory_size=memory, temperature=config.temperature, momentum=config.momentum,
+               final_momentum=config.final_momentum, loss_scale=config.loss_scale,
+               column_layout=config.column_layout)
+
+
+def build_fnc_on_moco(config: FNCOnMoCoConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    return FNCOnMoCo(backbone, setup.projector_for(backbone), support_views=config.detection_views,
+                     top_k=config.top_k, threshold=config.threshold, strategy=config.strategy,
+                     aggregation=config.aggregation, search_backend=config.search_backend, bank=setup.bank,
+                     view=setup.view(moco_v2_cifar()), queue_size=config.queue_size,
+                     temperature=config.temperature, momentum=config.momentum,
+                     final_momentum=config.final_momentum, symmetric=config.symmetric)

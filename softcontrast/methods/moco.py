@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from softcontrast.components.augment import ViewRecipe, moco_v2_cifar
 from softcontrast.components.backbones import Backbone, projector_for
 from softcontrast.components.targets import InfoNCE
+from softcontrast.methods.common import QueueSettings
+from softcontrast.methods.registry import Setup
+from softcontrast.settings import setting
 from softcontrast.methods.base import ContrastiveMethod
 
 
@@ -54,3 +59,17 @@ class MoCoV2(ContrastiveMethod):
             symmetric=symmetric,
             **kwargs,
         )
+
+
+@dataclass
+class MoCoConfig(QueueSettings):
+    """MoCo v2 (Chen et al. 2020), CIFAR-10 defaults."""
+
+    temperature: float = setting(0.2, "τ of InfoNCE")
+
+
+def build_moco(config: MoCoConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    """``C = [k_i | Q]``, one-hot target on ``k_i``."""
+    return MoCoV2(backbone, setup.projector_for(backbone), view=setup.view(moco_v2_cifar()),
+                  queue_size=config.queue_size, temperature=config.temperature, momentum=config.momentum,
+                  final_momentum=config.final_momentum, symmetric=config.symmetric)

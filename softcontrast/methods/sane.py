@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -14,6 +14,9 @@ from softcontrast.components.columns import LogitColumns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.mixers import Mixer, MixParams, MomentumMixup
 from softcontrast.components.targets import SelfLabelingRefinery, Targets
+from softcontrast.methods.common import QueueSettings
+from softcontrast.methods.registry import Setup
+from softcontrast.settings import setting
 from softcontrast.methods.base import Contrast, ContrastiveMethod, StepOutput
 
 MixupView = Literal["weak", "strong"]
@@ -218,3 +221,30 @@ def strong_mixup_view(view: ViewRecipe) -> ViewRecipe:
     grayscale 0.2, Gaussian blur 0.5 and solarize 0.2, at the size of ``view``.
     """
     return replace(view, crop_scale=(0.08, 1.0), jitter_p=1.0, gray_p=0.2, blur_p=0.5, solarize_p=0.2)
+
+
+@dataclass
+class SANEConfig(QueueSettings):
+    """SANE (Zhou et al., NeurIPS 2021), the paper's CIFAR-10 defaults."""
+
+    temperature: float = setting(0.2, "τ of the contrastive loss")
+    tau_prime: float = setting(0.8, "τ′ in (0, 1]: p and q use τ·τ′")
+    mu_start: float = setting(0.0, "m1, confidence µ at the first step")
+    mu_end: float = setting(1.0, "m2 >= m1, confidence µ at the last step")
+    lam: float = setting(0.5, "λ in [0, 1], weight of the mixup loss")
+    mixup_kappa: float = setting(2.0, "κ of θ ~ Beta(κ, κ)")
+    mixup_view: str = setting("weak", "mix with the partner's key view (weak) or a strongly augmented view (strong)",
+                              choices=("weak", "strong"))
+    per_sample_theta: bool = setting(False, "one θ per sample instead of one per batch")
+    use_p: bool = setting(True, "keep p in the refined label (off: the q-only ablation)", flag="p")
+    use_q: bool = setting(True, "keep q in the refined label (off: the p-only ablation)", flag="q")
+    mixup: bool = setting(True, "mix the queries (off: contrast x itself against the refined label)")
+
+
+def build_sane(config: SANEConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    return SANE(backbone, setup.projector_for(backbone), tau=config.temperature, tau_prime=config.tau_prime,
+                mu_start=config.mu_start, mu_end=config.mu_end, lam=config.lam, mixup_kappa=config.mixup_kappa,
+                per_sample_theta=config.per_sample_theta, mixup_view=config.mixup_view, use_p=config.use_p,
+                use_q=config.use_q, mixup=config.mixup, queue_size=config.queue_size, momentum=config.momentum,
+                final_momentum=config.final_momentum, query_view=setup.view(moco_v2_cifar()),
+                key_view=setup.view(moco_v2_cifar()), symmetric=config.symmetric)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from torch import nn
 
 from softcontrast.components.augment import ViewRecipe, sce_strong, sce_weak
 from softcontrast.components.backbones import Backbone, projector_for
+from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.targets import SimilarityTargets
+from softcontrast.methods.common import QueueSettings
+from softcontrast.methods.registry import Setup
+from softcontrast.settings import setting
 from softcontrast.methods.base import ContrastiveMethod
 
 
@@ -63,3 +69,28 @@ class SCE(ContrastiveMethod):
             symmetric=symmetric,
             **kwargs,
         )
+
+
+@dataclass
+class SCEConfig(QueueSettings):
+    """SCE (Denize et al., WACV 2023), the official CIFAR-10 defaults."""
+
+    lam: float = setting(0.5, "λ in [0, 1], weight of the one-hot part of the target")
+    temperature: float = setting(0.1, "τ of the online distribution")
+    tau_m: float = setting(0.05, "τm of the similarity target")
+    in_batch_keys: bool = setting(False, "columns [all batch keys | queue] instead of [k_i | queue]")
+    small_crops: int = setting(0, "multi-crop: small crops per image, each one more query with the image's target")
+    small_crop_size: int | None = setting(None, "side of the small crops (default: view size × 96/224)")
+    small_crop_scale: tuple[float, float] = setting((0.05, 0.14), "crop area range of the small crops")
+
+
+def build_sce(config: SCEConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    query_view, key_view = setup.view(sce_strong()), setup.view(sce_weak())
+    crops = None
+    if config.small_crops:
+        size = config.small_crop_size or max(1, round(query_view.size * 96 / 224))
+        crops = SmallCrops(config.small_crops, replace(query_view, size=size, crop_scale=tuple(config.small_crop_scale)))
+    return SCE(backbone, setup.projector_for(backbone), lam=config.lam, tau=config.temperature, tau_m=config.tau_m,
+               queue_size=config.queue_size, momentum=config.momentum, final_momentum=config.final_momentum,
+               query_view=query_view, key_view=key_view, in_batch_keys=config.in_batch_keys,
+               symmetric=config.symmetric, small_crops=crops)

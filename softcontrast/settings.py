@@ -1,0 +1,48 @@
+"""Hyperparameters as dataclass fields, and the error that names one.
+
+Every setting of a run lives in one dataclass field with its default and a one-line
+doc (:func:`setting`). The command line, YAML recipes and saved run settings are
+generated from these fields (:mod:`softcontrast.cli`), so a default is written once.
+
+A part that refuses a value raises :class:`SettingError` naming the field; the command
+line adds the flag that sets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A setting outside its range, naming the setting (a config field).
+
+    Args:
+        name: the config field (``top_k``), which the command line maps to its flag.
+        message: what was wrong and what to do.
+    """
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+def setting(default: Any, doc: str, **metadata: Any) -> Any:
+    """A config field with its default and one-line doc (the flag's help).
+
+    Args:
+        default: the default value (a list or tuple default is copied per instance).
+        doc: one line saying what the setting does.
+        **metadata: extra metadata: ``flag`` (the flag's name when it differs from the
+            field's), ``cli=False`` (a Python-only field, no flag).
+    """
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **metadata})
+    return field(default=default, metadata={"doc": doc, **metadata})
+
+
+def check_choice(name: str, value: Any, choices: tuple, owner: str = "") -> None:
+    """Raises a :class:`SettingError` naming the choices when ``value`` is not one of them."""
+    if value not in choices:
+        prefix = f"{owner} " if owner else ""
+        raise SettingError(name, f"{prefix}{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
