@@ -76,7 +76,7 @@ CASES: dict[str, Callable[[], ContrastiveMethod]] = {
     "sane_lam_zero": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW, lam=0.0),
 }
 
-#: Loss parts pinned per step (those a method reports).
+#: Pinned per step: the loss the step back-propagates, and the loss parts a method reports.
 PARTS = ("loss", "loss_c", "loss_mix")
 
 
@@ -104,8 +104,9 @@ def _run_case(name: str) -> list[dict[str, float]]:
         output.loss.backward()
         optimizer.step()
         method.after_optimizer_step(step, 10)
-        losses.append({part: float(output.metrics.get(part, output.loss if part == "loss" else float("nan")))
-                       for part in PARTS if part in output.metrics or part == "loss"})
+        parts = {"loss": float(output.loss.detach())}
+        parts.update({part: float(output.metrics[part]) for part in PARTS[1:] if part in output.metrics})
+        losses.append(parts)
     return losses
 
 
