@@ -19,7 +19,7 @@ from softcontrast.checkpoints import CheckpointMismatchError  # noqa: F401  (rai
 from softcontrast.checkpoints import CheckpointStore, prepare_output_dir, resume_checkpoint, rewind_metrics
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
-from softcontrast.evaluation import knn_accuracy
+from softcontrast.evaluation import knn_accuracy, step_diagnostics
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights, loss_parts
 from softcontrast.methods.base import ContrastiveMethod
 
@@ -85,8 +85,9 @@ class TrainConfig:
         resident_data: hold an in-memory dataset on the training device.
         num_workers: loader workers for streamed image folders.
         compile: ``torch.compile`` the online and momentum encoders.
-        label_diagnostics: when the training split has labels, log how each step's
-            target treats same-class columns (never used for training).
+        label_diagnostics: when the training split has labels, log at each logging point
+            how that step's target treats same-class columns (never used for training;
+            :func:`~softcontrast.evaluation.step_diagnostics`).
     """
 
     epochs: int = 100
@@ -310,8 +311,9 @@ class Trainer:
 
         model, optimizer = accelerator.prepare(method, self._optimizer(method))
         self.method = accelerator.unwrap_model(model)
+        diagnostic_labels = None
         if config.label_diagnostics and (train.labels >= 0).any():
-            self.method.set_diagnostic_labels(train.labels.to(accelerator.device))
+            diagnostic_labels = train.labels.to(accelerator.device)
         accelerator.register_for_checkpointing(self.progress)
         if accelerator.log_with and accelerator.trackers == []:
             accelerator.init_trackers("softcontrast", config={k: str(v) for k, v in self.run_config.items()})
@@ -324,7 +326,7 @@ class Trainer:
         guard = FiniteGuard(accelerator.device, steps_per_epoch)
 
         result = TrainResult()
-        eval_recipe = self.method.query_augment.recipe
+        eval_recipe = self.method.query_view
         if test is not None and self.progress.global_step == 0:
             result.knn[0] = self._evaluate(train, test, eval_recipe)
             self._log({"epoch": 0, "step": 0, "knn_accuracy": result.knn[0]})
@@ -353,7 +355,8 @@ class Trainer:
                 if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
                     self._check_finite(guard)
                     result.losses += _read_and_clear(losses)
-                    self._log_step(output.metrics, epoch, lr_at(self.progress.global_step), total_steps, bar)
+                    metrics = {**output.metrics, **step_diagnostics(output, diagnostic_labels)}
+                    self._log_step(metrics, epoch, lr_at(self.progress.global_step), total_steps, bar)
                 bar.update(1)
                 if self._step_checkpoint_due() and self.progress.global_step % steps_per_epoch:
                     self._save(guard)

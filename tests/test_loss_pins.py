@@ -4,7 +4,8 @@ Each case builds a method from tiny parts, runs three whole steps (views, loss,
 backward, SGD, then the method's after-step: EMA, memory, schedules) on fixed
 images with seeded random streams, and compares every step's loss parts to the
 pinned values to 1e-6. The pins were written by the code before the one-step
-redesign, so any change of a method's numbers shows here.
+redesign (each method its own class then), so any change of a method's numbers
+shows here.
 
 Rewrite the pins (only when a change of the numbers is intended and explained)::
 
@@ -24,7 +25,7 @@ from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
-from softcontrast.methods import FNC, SANE, SCE, ContrastiveMethod, FNCOnMoCo, MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 
 PINS = Path(__file__).parent / "pins" / "losses.json"
 VIEW = ViewRecipe(size=8)
@@ -32,48 +33,47 @@ BATCH, STEPS, SAMPLES = 8, 3, 24
 TOLERANCE = 1e-6
 
 
-def parts() -> dict:
+def build(name: str, bank: bool = False, **config) -> ContrastiveMethod:
+    """Registered method ``name`` on a width-4 ResNet-18 with 8-px views."""
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=4)
-    return {"backbone": backbone, "projector": projector_for(backbone, 16, 8)}
+    setup = Setup(projector=projector_for(backbone, 16, 8), view=lambda recipe: VIEW,
+                  bank=EmbeddingBank(SAMPLES, 8, backend="torch") if bank else None)
+    return method_spec(name)(backbone, setup=setup, **config)
 
 
-def bank() -> EmbeddingBank:
-    return EmbeddingBank(SAMPLES, 8, backend="torch")
+def with_parts(method: ContrastiveMethod, **parts) -> ContrastiveMethod:
+    for name, part in parts.items():
+        setattr(method, name, part)
+    return method
 
 
 CASES: dict[str, Callable[[], ContrastiveMethod]] = {
-    "moco": lambda: MoCoV2(**parts(), view=VIEW, queue_size=16),
-    "moco_symmetric_split_bn": lambda: MoCoV2(**parts(), view=VIEW, queue_size=16, symmetric=True,
-                                              shuffle_bn=ShuffleBatchNorm(2)),
-    "sce": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW),
-    "sce_in_batch_symmetric": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
-                                          in_batch_keys=True, symmetric=True, lam=0.3, tau_m=0.1),
-    "sce_small_crops": lambda: SCE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
-                                   small_crops=SmallCrops(2, ViewRecipe(size=4))),
-    "fnc_attract": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=48, view=VIEW),
-    "fnc_eliminate_mean": lambda: FNC(**parts(), support_views=2, top_k=2, threshold=-0.5, memory_size=64,
-                                      strategy="eliminate", aggregation="mean", view=VIEW),
-    "fnc_no_memory": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0, view=VIEW),
-    "fnc_library_layout": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=32,
-                                      column_layout="library", view=VIEW),
-    "fnc_library_no_memory": lambda: FNC(**parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0,
-                                         column_layout="library", strategy="eliminate", view=VIEW),
-    "fnc_bank": lambda: FNC(**parts(), support_views=1, top_k=2, threshold=0.0, memory_size=48, view=VIEW,
-                            bank=bank()),
-    "fnc_on_moco_attract": lambda: FNCOnMoCo(**parts(), support_views=2, top_k=3, threshold=0.0, queue_size=16,
-                                             view=VIEW),
-    "fnc_on_moco_eliminate_symmetric": lambda: FNCOnMoCo(**parts(), support_views=1, top_k=2, threshold=-0.5,
-                                                         queue_size=16, view=VIEW, strategy="eliminate",
-                                                         symmetric=True),
-    "fnc_on_moco_bank": lambda: FNCOnMoCo(**parts(), support_views=2, top_k=2, threshold=0.0, queue_size=16,
-                                          view=VIEW, bank=bank()),
-    "sane": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW),
-    "sane_strong_per_sample": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
-                                           mixup_view="strong", per_sample_theta=True),
-    "sane_no_mixup_symmetric": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW,
-                                            mixup=False, symmetric=True, use_q=False),
-    "sane_lam_zero": lambda: SANE(**parts(), queue_size=16, query_view=VIEW, key_view=VIEW, lam=0.0),
+    "moco": lambda: build("moco", queue_size=16),
+    "moco_symmetric_split_bn": lambda: with_parts(build("moco", queue_size=16, symmetric=True),
+                                                  shuffle_bn=ShuffleBatchNorm(2)),
+    "sce": lambda: build("sce", queue_size=16),
+    "sce_in_batch_symmetric": lambda: build("sce", queue_size=16, in_batch_keys=True, symmetric=True, lam=0.3,
+                                            tau_m=0.1),
+    "sce_small_crops": lambda: with_parts(build("sce", queue_size=16), small_crops=SmallCrops(2, ViewRecipe(size=4))),
+    "fnc_attract": lambda: build("fnc", support_views=1, top_k=3, threshold=0.0, memory_size=48),
+    "fnc_eliminate_mean": lambda: build("fnc", support_views=2, top_k=2, threshold=-0.5, memory_size=64,
+                                        strategy="eliminate", aggregation="mean"),
+    "fnc_no_memory": lambda: build("fnc", support_views=1, top_k=3, threshold=0.0, memory_size=0),
+    "fnc_library_layout": lambda: build("fnc", support_views=1, top_k=3, threshold=0.0, memory_size=32,
+                                        column_layout="library"),
+    "fnc_library_no_memory": lambda: build("fnc", support_views=1, top_k=3, threshold=0.0, memory_size=0,
+                                           column_layout="library", strategy="eliminate"),
+    "fnc_bank": lambda: build("fnc", bank=True, support_views=1, top_k=2, threshold=0.0, memory_size=48),
+    "fnc_on_moco_attract": lambda: build("fnc-moco", detection_views=2, top_k=3, threshold=0.0, queue_size=16),
+    "fnc_on_moco_eliminate_symmetric": lambda: build("fnc-moco", detection_views=1, top_k=2, threshold=-0.5,
+                                                     queue_size=16, strategy="eliminate", symmetric=True),
+    "fnc_on_moco_bank": lambda: build("fnc-moco", bank=True, detection_views=2, top_k=2, threshold=0.0,
+                                      queue_size=16),
+    "sane": lambda: build("sane", queue_size=16),
+    "sane_strong_per_sample": lambda: build("sane", queue_size=16, mixup_view="strong", per_sample_theta=True),
+    "sane_no_mixup_symmetric": lambda: build("sane", queue_size=16, mixup=False, symmetric=True, use_q=False),
+    "sane_lam_zero": lambda: build("sane", queue_size=16, lam=0.0),
 }
 
 #: Pinned per step: the loss the step back-propagates, and the loss parts a method reports.

@@ -1,95 +1,208 @@
-"""The logit columns every query row is scored against (DESIGN step 4)."""
+"""The columns every anchor row is scored against, and the rows' layout (DESIGN step 4).
+
+One :class:`Columns` serves every method: the momentum view embeddings of the
+*global* batch (the block, image-major: entry ``g·V + v`` is view ``v`` of global
+image ``g``), then the entries of a :class:`~softcontrast.components.memory.Memory`;
+each column has a sample id and a view index. Two layouts:
+
+* **shared** (``batch_negatives=True``): ``[block | memory]`` for every row. MoCo's
+  in-batch keys, SANE's ``B̄ = [gathered batch keys | Q]`` and FNC's view columns.
+* **own key** (``batch_negatives=False``): ``[k_i | memory]``: column 0 is the row's
+  own key (one view per image), the other images of the batch are no columns.
+  MoCo v2's and SCE's layout.
+
+:meth:`Columns.rows` gives the anchor rows' :class:`Rows`: positives (the other
+views of the row's image in the block), mask (the anchor's own column, empty memory
+slots, and memory entries of the row's own image) and own column. Targets may put
+mass on several positive columns.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from softcontrast.components.distributed import gather_no_grad, rank
+from softcontrast.components.distributed import gather_no_grad, gather_with_grad, rank
+from softcontrast.components.memory import EMPTY_ID, NO_COLUMN, Memory
 from softcontrast.components.precision import full_precision, similarities
-from softcontrast.components.queue import EMPTY_ID, MemoryQueue
 
 
 @dataclass(frozen=True)
-class LogitColumns:
-    """Columns ``C`` of one step and which of them each row may use.
+class Rows:
+    """The anchor rows of one contrast and how each treats the columns.
 
-    Two layouts:
-
-    * ``[k_i | Q]`` (``in_batch=False``): column 0 is the row's own key, then the
-      K queue slots. ``positive`` is 0 for every row.
-    * ``[gathered batch keys | Q]`` (``in_batch=True``): the keys of every process
-      in rank order, then the queue. Row ``i``'s positive is its own key's column.
-
-    ``mask`` flags the columns excluded from the softmax: empty queue slots and
-    entries whose sample id equals the row's id (another key of the same image is
-    not a negative). The positive column is never masked.
+    Rows are image-major: row ``i·A + a`` is anchor ``a`` of local image ``i``.
 
     Attributes:
-        keys: ``B×D`` momentum keys ``k_i`` of the local rows.
-        shared: ``M×D`` columns common to all rows (``Q`` or ``[keys_all | Q]``).
-        column_ids: ``M`` sample ids of the shared columns (``-1`` = empty).
-        row_ids: ``B`` sample ids of the rows.
-        positive: ``B`` column index of each row's positive.
-        mask: ``B×N`` excluded columns.
-        queue_start: column index of the first queue slot.
-        in_batch: which layout.
+        ids: ``R`` sample id of each row's image.
+        own: ``R`` the anchor's own column (``-1``: the anchor is no column).
+        positive: ``R×N`` positive columns (the other views of the row's image).
+        mask: ``R×N`` columns excluded from the softmax.
+        per_image: ``A``, anchor rows per image.
+        keys: ``R×D`` the momentum key of each row's image (one column view per
+            image), or ``None``.
+        detectors: ``B×S×D`` embeddings of each image that detect false negatives
+            (its column views, then any extra detection views), or ``None``.
     """
 
-    keys: Tensor
-    shared: Tensor
-    column_ids: Tensor
-    row_ids: Tensor
+    ids: Tensor
+    own: Tensor
     positive: Tensor
     mask: Tensor
-    queue_start: int
-    in_batch: bool
+    per_image: int = 1
+    keys: Tensor | None = None
+    detectors: Tensor | None = None
+
+    def positive_one_hot(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``R×N`` indicator of the positive columns (``e_pos`` for one positive)."""
+        return self.positive.to(dtype)
+
+    def per_row(self, image_flags: Tensor) -> Tensor:
+        """Repeats per-image rows ``B×N`` for each of the image's anchor rows (``R×N``)."""
+        return image_flags if self.per_image == 1 else image_flags.repeat_interleave(self.per_image, dim=0)
+
+    @property
+    def first_of_each_image(self) -> slice:
+        """The rows of each image's first anchor."""
+        return slice(None, None, self.per_image)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Columns of one contrast: ``[block | memory]``, or ``[k_i | memory]``.
+
+    Attributes:
+        shared: ``M×D`` columns common to all rows.
+        ids: ``M`` sample ids of the shared columns (``-1`` = empty memory slot).
+        views: ``M`` view indices of the shared columns (``-1`` = empty).
+        block: ``G·V×D`` the gathered block (to write to the memory after the step).
+        block_ids: ``G·V`` its sample ids.
+        block_views: ``G·V`` its view indices.
+        num_views: V, column views per image in the block.
+        first_image: global index of this process's first image.
+        own_keys: ``B×D`` each local image's key, column 0 of its rows (own-key
+            layout), or ``None`` (shared layout).
+    """
+
+    shared: Tensor
+    ids: Tensor
+    views: Tensor
+    block: Tensor
+    block_ids: Tensor
+    block_views: Tensor
+    num_views: int
+    first_image: int
+    own_keys: Tensor | None = None
 
     @classmethod
-    def build(cls, keys: Tensor, ids: Tensor, queue: MemoryQueue, in_batch: bool = False) -> "LogitColumns":
-        """Lays out the columns for local ``keys`` with sample ``ids`` and a queue.
+    def build(cls, embeddings: Tensor, ids: Tensor, memory: Memory | None = None, batch_negatives: bool = True,
+              memory_counts_block: bool = False, gradient: bool = False) -> "Columns":
+        """Gathers the block of every process and appends the memory.
 
-        With ``in_batch=True`` the keys and ids of all processes are gathered. Keys
-        and columns are kept in float32 at least (bfloat16 keys are upcast).
+        Args:
+            embeddings: ``B×V×D`` this process's column embeddings (momentum ones, or
+                online ones with ``gradient``), in float32 at least.
+            ids: ``B`` sample ids.
+            memory: earlier blocks' entries, or ``None``.
+            batch_negatives: shared layout ``[block | memory]``; ``False``: own-key layout
+                ``[k_i | memory]`` (one view per image).
+            memory_counts_block: the memory's capacity counts the block too, as FNC
+                publishes it: ``[block | memory[:−G·V]]`` (:meth:`Memory.entries`);
+                ``False``: every memory slot in slot order.
+            gradient: keep the gradient through the block (gathered with gradient).
+
+        Raises:
+            ValueError: the own-key layout with more than one view per image.
         """
-        keys = full_precision(keys)
-        batch = keys.shape[0]
-        rows = torch.arange(batch, device=keys.device)
-        if in_batch:
-            all_keys, all_ids = gather_no_grad(keys), gather_no_grad(ids)
-            shared = full_precision(torch.cat([all_keys, queue.keys]))
-            column_ids = torch.cat([all_ids, queue.ids])
-            positive = rows + rank() * batch
-            queue_start = all_keys.shape[0]
+        batch, num_views, dim = embeddings.shape
+        if not batch_negatives and num_views != 1:
+            raise ValueError(f"the own-key layout [k_i | memory] takes one view per image, got {num_views}")
+        local = full_precision(embeddings if gradient else embeddings.detach())
+        gathered = gather_with_grad(local.contiguous()) if gradient else gather_no_grad(local.contiguous())
+        block = gathered.reshape(-1, dim)
+        block_ids = gather_no_grad(ids).repeat_interleave(num_views)
+        block_views = torch.arange(num_views, device=ids.device).repeat(block.shape[0] // num_views)
+        parts = [(block, block_ids, block_views)] if batch_negatives else []
+        if memory is not None and memory.capacity > 0:
+            older, older_ids, older_views = memory.entries(block.shape[0] if memory_counts_block else None)
+            parts.append((full_precision(older), older_ids, older_views))
+        if parts:
+            shared, shared_ids, shared_views = (torch.cat(column) for column in zip(*parts))
         else:
-            shared = full_precision(queue.keys)
-            column_ids = queue.ids
-            positive = torch.zeros_like(rows)
-            queue_start = 1
-        shared_mask = (column_ids == EMPTY_ID)[None, :] | (column_ids[None, :] == ids[:, None])
-        if in_batch:
-            mask = shared_mask.index_put((rows, positive), torch.zeros((), dtype=torch.bool, device=keys.device))
-        else:
-            mask = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=keys.device), shared_mask], dim=1)
-        return cls(keys, shared, column_ids, ids, positive, mask, queue_start, in_batch)
+            shared, shared_ids, shared_views = block[:0], block_ids[:0], block_views[:0]
+        own_keys = None if batch_negatives else local[:, 0]
+        return cls(shared, shared_ids, shared_views, block, block_ids, block_views, num_views, rank() * batch,
+                   own_keys)
+
+    @property
+    def lead(self) -> int:
+        """Columns in front of the shared ones (1 in the own-key layout: ``k_i``)."""
+        return 0 if self.own_keys is None else 1
 
     @property
     def num_columns(self) -> int:
         """N, the number of columns."""
-        return self.mask.shape[1]
+        return self.lead + self.shared.shape[0]
+
+    @property
+    def block_size(self) -> int:
+        """Shared columns that belong to the current block (0 in the own-key layout)."""
+        return self.block.shape[0] if self.own_keys is None else 0
+
+    def block_entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The block's embeddings (detached), ids and view indices, to write to the memory."""
+        return self.block.detach(), self.block_ids, self.block_views
 
     def scores(self, x: Tensor) -> Tensor:
-        """``x_i · C_ij`` for every row ``i`` and column ``j`` (``B×N``), in float32 at
-        least and outside autocast (:func:`~softcontrast.components.precision.similarities`)."""
+        """``x_r · c_n`` for every row and column (``R×N``), in float32 at least and
+        outside autocast (:func:`~softcontrast.components.precision.similarities`).
+        In the own-key layout the rows are image-major over the local images."""
         shared = similarities(x, self.shared)
-        if self.in_batch:
+        if self.own_keys is None:
             return shared
-        own = (full_precision(x) * self.keys).sum(dim=-1, keepdim=True)
+        keys = self.own_keys.repeat_interleave(x.shape[0] // self.own_keys.shape[0], dim=0)
+        own = (full_precision(x) * keys).sum(dim=-1, keepdim=True)
         return torch.cat([own, shared], dim=1)
 
-    def positive_one_hot(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``B×N`` one-hot rows ``e_pos``."""
-        target = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-        return target.scatter_(1, self.positive[:, None], 1.0)
+    def column_ids(self, row_ids: Tensor) -> Tensor:
+        """``R×N`` sample id of every column of every row (``-1`` = empty)."""
+        shared = self.ids[None, :].expand(row_ids.shape[0], -1)
+        return shared if self.own_keys is None else torch.cat([row_ids[:, None], shared], dim=1)
+
+    def rows(self, ids: Tensor, own_views: Sequence[int | None], keys: Tensor | None = None,
+             detectors: Tensor | None = None) -> Rows:
+        """The layout of anchor rows: ``len(own_views)`` anchors for each local image.
+
+        Args:
+            ids: ``B`` sample ids of the local images.
+            own_views: per anchor, the column view it is (its own column, masked), or
+                ``None`` for an anchor that is no column (a query view).
+            keys: ``B×D`` each image's momentum key, if any (repeated per anchor).
+            detectors: ``B×S×D`` each image's detection embeddings, if any.
+        """
+        per_image = len(own_views)
+        row_ids = ids.repeat_interleave(per_image)
+        device = ids.device
+        images = torch.arange(ids.shape[0], device=device).repeat_interleave(per_image)
+        view_of = torch.tensor([NO_COLUMN if v is None else v for v in own_views], device=device)
+        view_of = view_of.repeat(ids.shape[0])
+        same_image = self.ids[None, :] == row_ids[:, None]
+        empty = (self.ids == EMPTY_ID)[None, :]
+        if self.own_keys is None:
+            own = torch.where(view_of >= 0, (images + self.first_image) * self.num_views + view_of, NO_COLUMN)
+            columns = torch.arange(self.shared.shape[0], device=device)
+            in_block = (columns < self.block_size)[None, :]
+            is_own = columns[None, :] == own[:, None]
+            positive = same_image & in_block & ~is_own
+            mask = is_own | empty | (same_image & ~in_block)
+        else:
+            own = torch.full_like(row_ids, NO_COLUMN)
+            lead = torch.ones(row_ids.shape[0], 1, dtype=torch.bool, device=device)
+            positive = torch.cat([lead, torch.zeros_like(same_image)], dim=1)
+            mask = torch.cat([~lead, same_image | empty], dim=1)
+        if keys is not None and per_image > 1:
+            keys = keys.repeat_interleave(per_image, dim=0)
+        return Rows(row_ids, own, positive, mask, per_image, keys, detectors)

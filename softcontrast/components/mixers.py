@@ -7,7 +7,7 @@ a query view and *another* sample's key view, and gives it the mixed target::
     x̃_i      = θ_i·x_i^query + (1 − θ_i)·x_π(i)^key
     target̃_i = θ_i·target_i  + (1 − θ_i)·target_π(i)
 
-over the columns ``[gathered batch keys | Q]`` (:class:`LogitColumns` with
+over the columns ``[gathered batch keys | Q]`` (:class:`~softcontrast.components.columns.Columns` with
 ``in_batch=True``), where every row's target lives on the same columns. Plain input
 mixup mixes query views with query views instead.
 
@@ -44,6 +44,7 @@ from softcontrast.components.distributed import gather_no_grad, gather_with_grad
 from softcontrast.components.shuffle_bn import shared_permutation
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets.base import Targets
+from softcontrast.settings import SettingError
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def sample_mix_params(
             processes without a generator.
     """
     if not kappa > 0:
-        raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {kappa}")
+        raise SettingError("mixup_kappa", f"mixup kappa must be > 0, got {kappa}")
     if batch < 1:
         raise ValueError(f"mixup batch must be >= 1, got {batch}")
     if not across_processes:
@@ -188,7 +189,7 @@ class _BetaMixup:
 
     def __post_init__(self) -> None:
         if not self.kappa > 0:
-            raise ValueError(f"mixup kappa (--mixup-kappa) must be > 0, got {self.kappa}")
+            raise SettingError("mixup_kappa", f"mixup kappa must be > 0, got {self.kappa}")
 
     def sample(self, batch: int, device: torch.device | str, streams: RandomStreams | None = None) -> MixParams:
         """Draws ``θ ~ Beta(κ, κ)`` and ``π`` (see :func:`sample_mix_params`) from the shared

@@ -14,10 +14,11 @@ it on a finished run. One concept per module:
 from softcontrast.evaluation.baselines import baseline_knn, random_init_backbone
 from softcontrast.evaluation.diagnostics import (
     DIAGNOSTICS,
+    false_negative_diagnostics,
     label_diagnostics,
     last_quarter_means,
     read_metrics,
-    view_false_negative_diagnostics,
+    step_diagnostics,
 )
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
 from softcontrast.evaluation.knn import (
@@ -36,11 +37,12 @@ __all__ = [
     "knn_feature_accuracy",
     "knn_predict",
     "knn_sweep",
+    "false_negative_diagnostics",
     "label_diagnostics",
     "last_quarter_means",
     "linear_probe_accuracy",
     "random_init_backbone",
     "raw_pixel_features",
     "read_metrics",
-    "view_false_negative_diagnostics",
+    "step_diagnostics",
 ]

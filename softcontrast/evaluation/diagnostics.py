@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
+from softcontrast.components.memory import EMPTY_ID
 from softcontrast.components.targets.base import Targets
 
 #: The per-step diagnostics :func:`label_diagnostics` logs.
 DIAGNOSTICS: tuple[str, ...] = ("same_class_negatives", "same_class_target_mass", "cancelled_precision")
 
 
-def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -> dict[str, Tensor]:
+def label_diagnostics(columns: Columns, rows: Rows, targets: Targets, labels: Tensor) -> dict[str, Tensor]:
     """How a step's target treats columns of the row's own class (labels are never trained on).
 
     * ``same_class_negatives``: share of the unmasked non-positive columns (before the
@@ -23,26 +24,24 @@ def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -
     * ``same_class_target_mass``: share of the target mass off the positive that lands on
       same-class columns (SCE, SLR, FNC-attract raise it; InfoNCE has none).
     * ``cancelled_precision``: share of same-class columns among those the builder
-      masked or gave target mass to (for FNC: the precision of the detected false
-      negatives; 0 when it cancelled none).
+      masked or gave target mass to (0 when it cancelled none).
 
     Args:
         columns: the step's columns.
+        rows: their anchor rows.
         targets: the builder's output for them.
         labels: class label of every sample id (``-1`` = unknown).
 
     Returns:
         Scalar tensors (no host synchronisation).
     """
-    column_ids = columns.column_ids[None, :].expand(columns.mask.shape[0], -1)
-    if not columns.in_batch:
-        column_ids = torch.cat([columns.row_ids[:, None], column_ids], dim=1)
-    row_labels = labels[columns.row_ids]
+    column_ids = columns.column_ids(rows.ids)
+    row_labels = labels[rows.ids]
     known = (column_ids >= 0) & (row_labels[:, None] >= 0)
     same = known & (labels[column_ids.clamp(min=0)] == row_labels[:, None])
-    off_positive = ~columns.positive_one_hot().bool()
-    candidates = off_positive & ~columns.mask & known
-    cancelled = candidates & ((targets.mask & ~columns.mask) | (targets.target > 0))
+    off_positive = ~rows.positive
+    candidates = off_positive & ~rows.mask & known
+    cancelled = candidates & ((targets.mask & ~rows.mask) | (targets.target > 0))
     mass = targets.target * off_positive
     eps = torch.finfo(mass.dtype).tiny
     return {
@@ -50,6 +49,33 @@ def label_diagnostics(columns: LogitColumns, targets: Targets, labels: Tensor) -
         "same_class_target_mass": (mass * same).sum() / mass.sum().clamp(min=eps),
         "cancelled_precision": (same & cancelled).sum() / cancelled.sum().clamp(min=1),
     }
+
+
+def step_diagnostics(output: object, labels: Tensor | None) -> dict[str, Tensor]:
+    """The diagnostics of one training step's output (a :class:`~softcontrast.methods.StepOutput`).
+
+    With detected false negatives (``targets.found``, FNC):
+    :func:`false_negative_diagnostics`, counted in images, also without labels;
+    otherwise, with labels, :func:`label_diagnostics`. Empty when there is nothing to say.
+
+    Args:
+        output: the step's output (its first contrast's columns, rows and targets).
+        labels: class label of every sample id (``-1`` = unknown), or ``None``.
+    """
+    columns, rows, targets = output.columns, output.rows, output.targets
+    if columns is None or rows is None or targets is None:
+        return {}
+    with torch.no_grad():
+        if targets.found is not None:
+            ids = rows.ids[rows.first_of_each_image]
+            column_ids = columns.ids
+            if columns.lead:
+                column_ids = torch.cat([column_ids.new_full((columns.lead,), EMPTY_ID), column_ids])
+            return false_negative_diagnostics(column_ids, ids, targets.found, rows.positive, rows.mask,
+                                              targets.target, labels)
+        if labels is None:
+            return {}
+        return label_diagnostics(columns, rows, targets, labels)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -86,11 +112,11 @@ def first_of_each_id(column_ids: Tensor, flags: Tensor) -> Tensor:
     return torch.zeros_like(flags).scatter(1, order, first & (ordered != none))
 
 
-def view_false_negative_diagnostics(
+def false_negative_diagnostics(
     column_ids: Tensor, ids: Tensor, found: Tensor, positive: Tensor, mask: Tensor, target: Tensor,
     labels: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """False-negative diagnostics of a multi-view step, counting distinct *images*.
+    """False-negative diagnostics of a step with detection, counting distinct *images*.
 
     A detected image counts once however many of its view entries were detected.
 
@@ -102,10 +128,10 @@ def view_false_negative_diagnostics(
       off the positives that lands on same-class columns.
 
     Args:
-        column_ids: ``N`` sample ids of the columns (``-1`` = empty).
+        column_ids: ``N`` sample ids of the columns (``-1`` = empty, or a row's own key).
         ids: ``B`` sample ids of the local images.
         found: ``B×N`` detected false negatives of each image.
-        positive: ``R×N`` positives of the anchor rows (``R = B·V``, image-major).
+        positive: ``R×N`` positives of the anchor rows (``R = B·A``, image-major).
         mask: ``R×N`` columns excluded before detection.
         target: ``R×N`` target of the anchor rows.
         labels: class label of every sample id (``-1`` = unknown), or ``None``.

@@ -1,24 +1,83 @@
-"""ContrastiveMethod: one training step composed from the components (DESIGN steps 1–8)."""
+"""ContrastiveMethod: the one training step every method is a preset of (DESIGN steps 1–8).
+
+views → embeddings → columns → targets → optional mixed term → loss; after the
+optimizer step: EMA, the parts' own hooks (bank refresh, refinery schedule), memory
+update. The two-view step (MoCo v2, SCE, SANE), the multi-view step (FNC as
+published, SCE multi-crop) and FNC on MoCo are settings of this one step, not
+subclasses of it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
 from softcontrast.components.backbones import Backbone, Encoder
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.memory import Memory
 from softcontrast.components.memory_format import cpu_channels_last_hazards, to_channels_last
+from softcontrast.components.mixers import Mixer, MixParams
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
-from softcontrast.components.multiview import SmallCrops
-from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.multiview import MultiViewAugment, SmallCrops, embed_views
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm, shared_permutation
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets.base import TargetBuilder, Targets
-from softcontrast.evaluation import label_diagnostics
+from softcontrast.settings import SettingError
+
+@dataclass(frozen=True)
+class Pass:
+    """One contrast of a step: which views are anchors and which make the columns.
+
+    Attributes:
+        anchors: view indices embedded by the online encoder; each is an anchor row.
+        columns: view indices whose momentum embeddings form the block of columns.
+            An anchor that is also a column view has its own column masked.
+    """
+
+    anchors: tuple[int, ...]
+    columns: tuple[int, ...]
+
+
+#: The two-view step: the query view (0) against the key view (1).
+TWO_VIEW = (Pass((0,), (1,)),)
+#: The symmetric two-view step: both view orders, losses averaged.
+SYMMETRIC = (Pass((0,), (1,)), Pass((1,), (0,)))
+
+
+@dataclass
+class MixedTerm:
+    """The optional second term ``L = (1 − λ)·L(x, y) + λ·L(x′, y′)`` (SANE, eq. 9).
+
+    ``y′`` mixes the ``labels`` builder's targets and ``x′`` the anchor view with a
+    partner's ``source`` view (:class:`~softcontrast.components.mixers.Mixer`); without a
+    mixer, ``x′ = x`` and ``y′`` is the labels' target.
+
+    Attributes:
+        weight: ``λ`` in ``[0, 1]``.
+        labels: builds ``y′`` before mixing (SANE's refinery).
+        mixer: draws ``θ`` and partners and mixes inputs and targets, or ``None``.
+        source: the view whose partner pixels are mixed in (``None``: the pass's
+            column view, e.g. the partner's key view).
+    """
+
+    weight: float
+    labels: TargetBuilder
+    mixer: Mixer | None = None
+    source: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise SettingError("lam", f"the mixed term's weight λ must lie in [0, 1], got {self.weight}")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether the step draws a mixing (a mixer and ``λ > 0``)."""
+        return self.mixer is not None and self.weight > 0
 
 
 @dataclass
@@ -28,128 +87,163 @@ class StepOutput:
     Attributes:
         loss: scalar to back-propagate.
         metrics: detached scalars to log (no host synchronisation until read).
+        columns: the first contrast's columns (for diagnostics).
+        rows: its anchor rows.
+        targets: the targets that repair its labels (SANE: the refined labels).
     """
 
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class Contrast:
-    """One query/key contrast: embeddings, columns, target and loss."""
-
-    query: Tensor
-    columns: LogitColumns
-    targets: Targets
-    logits: Tensor
-    loss: Tensor
+    columns: Columns | None = None
+    rows: Rows | None = None
+    targets: Targets | None = None
 
 
 class ContrastiveMethod(nn.Module):
-    """Momentum-queue contrastive learning with a pluggable target builder.
+    """The one step: momentum-encoder contrastive learning with pluggable parts.
 
-    Per step: make the query and key views on the device; embed the query with the
-    online encoder f and the key (and support views) with the momentum encoder g;
-    lay out the columns ``[k_i | Q]`` or ``[batch keys | Q]``; build
-    ``(target, mask)``; loss = masked soft cross-entropy of ``q·Cᵀ/τ``. After the
-    optimizer step (:meth:`after_optimizer_step`): EMA update, then enqueue the
-    gathered keys and ids.
+    Per step: make the ``V`` views on the device (:attr:`views`); for each
+    :class:`Pass`, embed its anchor views with the online encoder f and its column
+    views with the momentum encoder g (or, with ``online_columns``, use the anchors);
+    lay out :class:`~softcontrast.components.columns.Columns` ``[block | memory]`` (or
+    ``[k_i | memory]``) and the anchor :class:`~softcontrast.components.columns.Rows`;
+    build ``(target, mask)``; loss ``= scale × masked soft cross-entropy of z·Cᵀ/τ``
+    (with small crops as extra anchors of the first anchor's targets, and the optional
+    :class:`MixedTerm`); the step's loss is the mean over passes. After the optimizer
+    step (:meth:`after_optimizer_step`): EMA update, the parts' hooks, then the
+    gathered blocks into the memory.
 
-    Random draws come from :attr:`streams`: the views from its per-process
-    ``local`` stream, the shuffle-BN permutation from its ``shared`` stream. The
-    trainer seeds them from the run's seed and the process index and checkpoints them.
+    Random draws come from :attr:`streams`: the views from its per-process ``local``
+    stream, the shuffle-BN permutation and the mixing from its ``shared`` stream.
 
     Args:
         backbone: feature extractor of the online encoder.
         projector: head on the features (output dim D).
-        target_builder: turns columns into targets.
-        query_view: recipe of the online (query) view.
-        key_view: recipe of the momentum (key) view.
-        queue_size: K, number of queued keys.
+        targets: turns columns and rows into targets.
+        views: the recipe of every view of an image, drawn in this order.
+        passes: the contrasts of the step (default: query view 0 against key view 1).
+        memory_size: entries in the memory (0 = none).
         temperature: τ of the loss.
         momentum: base EMA momentum.
-        final_momentum: momentum at the end of training (cosine schedule);
-            ``None`` keeps it constant.
-        in_batch_keys: columns ``[all gathered batch keys | Q]`` instead of ``[k_i | Q]``.
-        symmetric: also contrast the key view's query against the query view's key
-            and average the two losses (both keys are enqueued).
-        support_views: S, number of momentum embeddings per image handed to the
-            target builder as ``support`` (the key view counts as one; 0 = none).
-        support_view: recipe of the extra support views (defaults to ``query_view``).
+        final_momentum: momentum at the end of training (cosine schedule); ``None``
+            keeps it constant.
+        batch_negatives: columns ``[block | memory]``; ``False``: ``[k_i | memory]``.
+        memory_counts_block: the memory's size counts the block (FNC as published).
+        online_columns: the online anchors are the columns and detectors, with
+            gradient (FNC as published without memory; passes with anchors = columns).
+        detection_views: extra momentum views per image that only detect false
+            negatives (each one more momentum pass per contrast).
+        detection_view: their recipe (default: the first column view's).
+        small_crops: multi-crop: extra anchors of the first pass's targets that are
+            never columns (one anchor view per pass).
+        loss_scale: factor of the loss (FNC as published: 2).
+        mixed: the optional second term.
         channels_last: feed views in channels-last memory format (on the CPU only for
             networks where it is safe: :mod:`~softcontrast.components.memory_format`).
-        shuffle_bn: encode keys with shuffle-BN / split-BN
-            (:class:`~softcontrast.components.shuffle_bn.ShuffleBatchNorm`); ``None``
-            encodes each batch of key views in one pass.
-        small_crops: multi-crop (:class:`~softcontrast.components.multiview.SmallCrops`):
-            each small crop of image ``i`` is one more query with row ``i``'s target,
-            against the same columns; the loss is the mean over all queries
-            (``None``: the two-view step).
+        shuffle_bn: encode the column views with shuffle-BN / split-BN; ``None``
+            encodes each batch of views in one pass.
+        memory_setting: the config field that sets the memory size (named in errors).
     """
 
     def __init__(
         self,
         backbone: Backbone,
         projector: nn.Module,
-        target_builder: TargetBuilder,
-        query_view: ViewRecipe,
-        key_view: ViewRecipe,
-        queue_size: int = 4096,
+        targets: TargetBuilder,
+        views: Sequence[ViewRecipe],
+        passes: Sequence[Pass] = TWO_VIEW,
+        memory_size: int = 4096,
         temperature: float = 0.1,
         momentum: float = 0.99,
         final_momentum: float | None = None,
-        in_batch_keys: bool = False,
-        symmetric: bool = False,
-        support_views: int = 0,
-        support_view: ViewRecipe | None = None,
+        batch_negatives: bool = True,
+        memory_counts_block: bool = False,
+        online_columns: bool = False,
+        detection_views: int = 0,
+        detection_view: ViewRecipe | None = None,
+        small_crops: SmallCrops | None = None,
+        loss_scale: float = 1.0,
+        mixed: MixedTerm | None = None,
         channels_last: bool = False,
         shuffle_bn: ShuffleBatchNorm | None = None,
-        small_crops: SmallCrops | None = None,
+        memory_setting: str = "queue_size",
     ):
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0 <= momentum <= 1 or (final_momentum is not None and not 0 <= final_momentum <= 1):
-            raise ValueError(f"momentum must lie in [0, 1], got {momentum} (final {final_momentum})")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if support_views < 0:
-            raise ValueError(f"support_views must be >= 0, got {support_views}")
+            raise SettingError("temperature", f"temperature must be > 0, got {temperature}")
+        if not 0 <= momentum <= 1:
+            raise SettingError("momentum", f"momentum must lie in [0, 1], got {momentum}")
+        if final_momentum is not None and not 0 <= final_momentum <= 1:
+            raise SettingError("final_momentum", f"final momentum must lie in [0, 1], got {final_momentum}")
+        if memory_size < 0:
+            raise SettingError(memory_setting, f"{memory_setting} must be >= 0 entries, got {memory_size}")
+        if not loss_scale > 0:
+            raise SettingError("loss_scale", f"loss_scale must be > 0, got {loss_scale}")
+        if detection_views < 0:
+            raise ValueError(f"detection_views must be >= 0, got {detection_views}")
+        self.passes = tuple(passes)
+        for plan in self.passes:
+            if not plan.anchors or not plan.columns or max(plan.anchors + plan.columns) >= len(views):
+                raise ValueError(f"a pass names views outside the {len(views)} views: {plan}")
+            if online_columns and plan.anchors != plan.columns:
+                raise ValueError("online columns need passes whose anchors are their columns")
+            if small_crops is not None and len(plan.anchors) != 1:
+                raise ValueError("small crops take the targets of one anchor view per pass")
         self.online = Encoder(backbone, projector)
         self.target_encoder = MomentumEncoder(self.online)
         with torch.no_grad():
             dim = self._embedding_dim()
-        self.queue = MemoryQueue(queue_size, dim)
-        self.target_builder = target_builder
-        self.query_augment = BatchAugment(query_view)
-        self.key_augment = BatchAugment(key_view)
-        self.support_augment = BatchAugment(support_view or query_view)
+        self.memory = Memory(memory_size, dim)
+        self.memory_setting = memory_setting
+        self.targets = targets
+        self.views = MultiViewAugment(views)
+        first_column = views[self.passes[0].columns[0]]
+        self.detection_views = detection_views
+        self.detection_augment = BatchAugment(detection_view or first_column)
+        self.small_crops = small_crops
+        self.mixed = mixed
         self.temperature = temperature
         self.momentum = momentum
         self.final_momentum = momentum if final_momentum is None else final_momentum
-        self.in_batch_keys = in_batch_keys
-        self.symmetric = symmetric
-        self.support_views = support_views
+        self.batch_negatives = batch_negatives
+        self.memory_counts_block = memory_counts_block
+        self.online_columns = online_columns
+        self.loss_scale = loss_scale
         self.channels_last = channels_last
         self._channels_last_safe_on_cpu = not cpu_channels_last_hazards(self.online)
         self.shuffle_bn = shuffle_bn
-        self.small_crops = small_crops
-        self._pending: list[tuple[Tensor, Tensor]] = []
-        self.diagnostic_labels: Tensor | None = None
+        self._pending: list[Columns] = []
         self.streams = RandomStreams()
+        self.clock: Callable[[str], None] | None = None
+
+    # -- what the trainer and the evaluation read -------------------------------------------
+
+    @property
+    def query_view(self) -> ViewRecipe:
+        """Recipe of the first anchor view (the evaluation's view size and normalisation)."""
+        return self.views.recipes[self.passes[0].anchors[0]]
+
+    @property
+    def query_size(self) -> int:
+        """Side length of the first anchor view."""
+        return self.query_view.size
+
+    def block_size(self, global_batch: int) -> int:
+        """Entries one step writes to the memory per pass: the global batch × column views."""
+        return global_batch * len(self.passes[0].columns)
 
     def check_global_batch(self, global_batch: int) -> None:
-        """Raises a ``ValueError`` when the queue cannot hold one global batch of keys."""
-        if self.queue.capacity < global_batch:
-            raise ValueError(
-                f"queue size {self.queue.capacity} is smaller than the global batch {global_batch}: "
-                "raise the queue size or lower the batch size"
+        """Raises a :class:`SettingError` when a memory cannot hold one block of the global batch."""
+        block = self.block_size(global_batch)
+        capacity = self.memory.capacity
+        if capacity < block and (capacity > 0 or not self.batch_negatives):
+            raise SettingError(
+                self.memory_setting,
+                f"{self.memory_setting} {capacity} is smaller than one block of the global batch "
+                f"({global_batch} images × {len(self.passes[0].columns)} column views = {block}): "
+                f"raise {self.memory_setting} to at least {block}" + (", or 0 for no memory" if self.batch_negatives
+                                                                     else "") + ", or lower the batch size",
             )
-
-    def set_diagnostic_labels(self, labels: Tensor | None) -> None:
-        """Class label of every sample id (or ``None``). When set, each step also reports
-        :func:`~softcontrast.evaluation.label_diagnostics`; training never reads them."""
-        self.diagnostic_labels = labels
 
     def _embedding_dim(self) -> int:
         projector = self.online.projector
@@ -157,11 +251,6 @@ class ContrastiveMethod(nn.Module):
         dim = projector.eval()(torch.zeros(1, self.online.backbone.feature_dim)).shape[-1]
         projector.train(was_training)
         return dim
-
-    @property
-    def query_size(self) -> int:
-        """Side length of the query view."""
-        return self.query_augment.recipe.size
 
     def use_channels_last(self, device: torch.device | str) -> bool:
         """Puts the weights in channels-last when it was asked for and is safe on ``device``
@@ -175,6 +264,10 @@ class ContrastiveMethod(nn.Module):
             return views.contiguous(memory_format=torch.channels_last)
         return views
 
+    def encode(self, views: Tensor) -> Tensor:
+        """Online embeddings (with gradient) of ``views``."""
+        return self.online(self._prepare(views))
+
     def embed_keys(self, views: Tensor) -> Tensor:
         """Momentum embeddings (no gradient) of ``views``; under shuffle-BN with a fresh
         permutation of the global batch from the shared stream."""
@@ -184,75 +277,124 @@ class ContrastiveMethod(nn.Module):
         permutation = shared_permutation(views.shape[0], views.device, self.streams.at(views.device).shared)
         return self.shuffle_bn(self.target_encoder, views, permutation)
 
-    def support_embeddings(self, images: Tensor, keys: Tensor) -> Tensor | None:
-        """``B×S×D`` support embeddings: the key, then ``S−1`` extra momentum views."""
-        if self.support_views == 0:
-            return None
-        local = self.streams.at(images.device).local
-        extra = [self.embed_keys(self.support_augment(images, local)) for _ in range(self.support_views - 1)]
-        return torch.stack([keys, *extra], dim=1)
+    def _tick(self, stage: str) -> None:
+        if self.clock is not None:
+            self.clock(stage)
 
-    def contrast(self, query_views: Tensor, keys: Tensor, ids: Tensor, support: Tensor | None = None) -> Contrast:
-        """Scores the queries of ``query_views`` against the columns of ``keys``."""
-        query = self.online(self._prepare(query_views))
-        columns = LogitColumns.build(keys, ids, self.queue, self.in_batch_keys)
-        targets = self.target_builder(columns, support)
-        logits = columns.scores(query) / self.temperature
-        loss = soft_cross_entropy(logits, targets.target, targets.mask)
-        return Contrast(query, columns, targets, logits, loss)
+    # -- the step ------------------------------------------------------------------------------
 
     def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
-        """One training step on ``uint8`` images ``B×3×H×W`` with sample ``ids``."""
+        """One training step on ``uint8`` images ``B×3×H×W`` with sample ``ids``.
+
+        Set :attr:`clock` to a callable to have it called with each stage's name
+        (``views``, ``columns``, ``targets``, ``loss``) when the stage ends.
+        """
         images = to_float(images)
-        local = self.streams.at(images.device).local
-        query_views = self.query_augment(images, local)
-        key_views = self.key_augment(images, local)
-        keys = self.embed_keys(key_views)
-        first = self.contrast(query_views, keys, ids, self.support_embeddings(images, keys))
-        self._pending = [(keys, ids)]
-        crops = None if self.small_crops is None else self.small_crops(self._encode_online, images, local)
-        first_loss = first.loss if crops is None else self.with_small_crops(first, crops)
-        if not self.symmetric:
-            return StepOutput(first_loss, self._metrics(first))
-        swapped_keys = self.embed_keys(query_views)
-        second = self.contrast(key_views, swapped_keys, ids, self.support_embeddings(images, swapped_keys))
-        self._pending.append((swapped_keys, ids))
-        second_loss = second.loss if crops is None else self.with_small_crops(second, crops)
-        return StepOutput((first_loss + second_loss) / 2, self._metrics(first))
+        streams = self.streams.at(images.device)
+        views = self.views(images, streams.local)
+        mixing = None
+        if self.mixed is not None and self.mixed.mixes:
+            mixing = self.mixed.mixer.sample(images.shape[0], images.device, streams)
+        self._tick("views")
+        self._pending = []
+        crops = None
+        outputs = []
+        for number, plan in enumerate(self.passes):
+            columns, rows, anchors, detectors = self._columns(plan, views, images, ids, streams.local)
+            if number == 0 and self.small_crops is not None:
+                crops = self.small_crops(self.encode, images, streams.local)
+            outputs.append(self._contrast(plan, views, columns, rows, anchors, crops, mixing))
+            self._pending.append(columns)
+        if len(outputs) == 1:
+            return outputs[0]
+        first = outputs[0]
+        metrics = {name: sum(output.metrics[name] for output in outputs) / len(outputs) for name in first.metrics}
+        return StepOutput(sum(output.loss for output in outputs) / len(outputs), metrics, first.columns, first.rows,
+                          first.targets)
 
-    def _encode_online(self, views: Tensor) -> Tensor:
-        return self.online(self._prepare(views))
+    def _columns(self, plan: Pass, views: list[Tensor], images: Tensor, ids: Tensor,
+                 local: torch.Generator) -> tuple[Columns, Rows, Tensor, Tensor]:
+        """Embeds one pass's views and lays out its columns and rows."""
+        batch = images.shape[0]
+        anchors = embed_views(self.encode, [views[v] for v in plan.anchors]).transpose(0, 1)  # B×A×D
+        if self.online_columns:
+            block = anchors
+        else:
+            block = embed_views(self.embed_keys, [views[v] for v in plan.columns]).transpose(0, 1)  # B×C×D
+        extra = [self.embed_keys(self.detection_augment(images, local)) for _ in range(self.detection_views)]
+        detectors = torch.cat([block, torch.stack(extra, dim=1)], dim=1) if extra else block
+        columns = Columns.build(block, ids, self.memory, self.batch_negatives, self.memory_counts_block,
+                                gradient=self.online_columns)
+        own_views = [plan.columns.index(a) if a in plan.columns else None for a in plan.anchors]
+        keys = block[:, 0] if len(plan.columns) == 1 else None
+        rows = columns.rows(ids, own_views, keys, detectors)
+        self._tick("columns")
+        return columns, rows, anchors.reshape(batch * len(plan.anchors), -1), detectors
 
-    def with_small_crops(self, contrast: Contrast, crops: Tensor) -> Tensor:
-        """Mean loss over the query and the ``N`` small crops (``N×B×D``), every crop of
-        image ``i`` scored against ``contrast``'s columns with row ``i``'s target."""
-        targets = contrast.targets
-        crop_losses = [
-            soft_cross_entropy(contrast.columns.scores(crop) / self.temperature, targets.target, targets.mask)
-            for crop in crops
-        ]
-        return (contrast.loss + sum(crop_losses)) / (1 + len(crop_losses))
-
-    def _metrics(self, contrast: Contrast) -> dict[str, Tensor]:
+    def _contrast(self, plan: Pass, views: list[Tensor], columns: Columns, rows: Rows, anchors: Tensor,
+                  crops: Tensor | None, mixing: MixParams | None) -> StepOutput:
+        """The loss of one pass, its parts and metrics."""
+        targets = self.targets(columns, rows)
+        self._tick("targets")
+        logits = columns.scores(anchors) / self.temperature
+        loss = soft_cross_entropy(logits, targets.target, targets.mask)
+        if crops is not None:
+            crop_losses = [soft_cross_entropy(columns.scores(crop) / self.temperature, targets.target, targets.mask)
+                           for crop in crops]
+            loss = (loss + sum(crop_losses)) / (1 + len(crop_losses))
+        loss = self.loss_scale * loss
+        metrics: dict[str, Tensor] = {}
+        repaired = targets
+        if self.mixed is not None:
+            loss, repaired, metrics = self._mixed_term(plan, views, columns, rows, logits, loss, mixing)
+        self._tick("loss")
         with torch.no_grad():
-            positive = contrast.logits.gather(1, contrast.columns.positive[:, None]) * self.temperature
-            metrics = {
-                "loss": contrast.loss.detach(),
-                "positive_similarity": positive.mean(),
-                "queue_filled": self.queue.filled.float(),
-            }
-            if self.diagnostic_labels is not None:
-                metrics.update(label_diagnostics(contrast.columns, contrast.targets, self.diagnostic_labels))
-            return metrics
+            positive = rows.positive_one_hot(logits.dtype)
+            similarity = (logits * self.temperature * positive).sum(dim=1) / positive.sum(dim=1).clamp(min=1)
+            metrics = {"loss": loss.detach(), **metrics, "positive_similarity": similarity.mean(),
+                       "queue_filled": self.memory.filled.float()}
+        return StepOutput(loss, metrics, columns, rows, repaired)
+
+    def _mixed_term(self, plan: Pass, views: list[Tensor], columns: Columns, rows: Rows, logits: Tensor,
+                    loss_c: Tensor, mixing: MixParams | None) -> tuple[Tensor, Targets, dict[str, Tensor]]:
+        """``(1 − λ)·L(x, y) + λ·L(x′, y′)``, the labels ``y′`` are built from, and the parts."""
+        mixed = self.mixed
+        labels = mixed.labels(columns, rows)
+        metrics = {"loss_c": loss_c.detach(), **getattr(mixed.labels, "metrics", dict)()}
+        if mixed.weight == 0:
+            return loss_c, labels, metrics
+        if mixed.mixer is None:
+            mixed_logits, target = logits, labels
+        else:
+            source = views[plan.columns[0] if mixed.source is None else mixed.source]
+            virtual = mixed.mixer.mix_inputs(views[plan.anchors[0]], source, mixing)
+            mixed_logits = columns.scores(self.encode(virtual)) / self.temperature
+            target = mixed.mixer.mix_targets(labels, mixing)
+        loss_mix = soft_cross_entropy(mixed_logits, target.target, target.mask)
+        metrics["loss_mix"] = loss_mix.detach()
+        return (1 - mixed.weight) * loss_c + mixed.weight * loss_mix, labels, metrics
+
+    # -- after the optimizer step ----------------------------------------------------------------
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """EMA momentum at ``step`` of ``total_steps``."""
         return cosine_momentum(step, total_steps, self.momentum, self.final_momentum)
 
+    def step_parts(self) -> list[object]:
+        """The parts with an ``after_optimizer_step`` hook: the target builders."""
+        parts: list[object] = [self.targets]
+        if self.mixed is not None:
+            parts.append(self.mixed.labels)
+        return parts
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """EMA update of the momentum encoder, then enqueue this step's keys."""
+        """EMA update of the momentum encoder, the parts' hooks, then the step's blocks into the memory."""
         self.target_encoder.update(self.online, self.momentum_at(step, total_steps))
-        for keys, ids in self._pending:
-            self.queue.enqueue(keys, ids)
-        self._pending = []
+        blocks, self._pending = self._pending, []
+        for part in self.step_parts():
+            hook = getattr(part, "after_optimizer_step", None)
+            if hook is not None:
+                hook(step, total_steps, blocks)
+        for columns in blocks:
+            self.memory.enqueue(*columns.block_entries())

@@ -4,76 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from torch import nn
-
 from softcontrast.components.augment import ViewRecipe, sce_strong, sce_weak
-from softcontrast.components.backbones import Backbone, projector_for
+from softcontrast.components.backbones import Backbone
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.targets import SimilarityTargets
+from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.common import QueueSettings
 from softcontrast.methods.registry import Setup
-from softcontrast.settings import setting
-from softcontrast.methods.base import ContrastiveMethod
-
-
-class SCE(ContrastiveMethod):
-    """SCE. ``L = −Σ_j [λ·e_pos + (1−λ)·s_i]_j · log softmax(q_i·Cᵀ/τ)_j`` with
-    ``s_i = softmax_{j≠pos}(k_i·C_j/τm)``.
-
-    The query view is strong, the key view weak (crop + flip), as in the paper's
-    CIFAR recipe; ``symmetric=True`` also swaps them.
-
-    Args:
-        backbone: feature extractor.
-        projector: head on the features (default: 512-512-128 MLP with BN).
-        lam: λ, weight of the one-hot part (default 0.5).
-        tau: τ of the online distribution (default 0.1).
-        tau_m: τm of the similarity distribution (default 0.05).
-        queue_size: K (default 4096).
-        momentum: EMA momentum (default 0.99).
-        final_momentum: momentum at the end (cosine schedule); ``None`` = constant.
-        query_view: strong view recipe (default: SCE strong CIFAR).
-        key_view: weak view recipe (default: SCE weak CIFAR).
-        in_batch_keys: columns ``[all batch keys | Q]``.
-        symmetric: average over both view orders.
-        **kwargs: further :class:`ContrastiveMethod` options.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        projector: nn.Module | None = None,
-        lam: float = 0.5,
-        tau: float = 0.1,
-        tau_m: float = 0.05,
-        queue_size: int = 4096,
-        momentum: float = 0.99,
-        final_momentum: float | None = None,
-        query_view: ViewRecipe | None = None,
-        key_view: ViewRecipe | None = None,
-        in_batch_keys: bool = False,
-        symmetric: bool = False,
-        **kwargs,
-    ):
-        super().__init__(
-            backbone,
-            projector or projector_for(backbone),
-            SimilarityTargets(lam=lam, tau_m=tau_m),
-            query_view=query_view or sce_strong(),
-            key_view=key_view or sce_weak(),
-            queue_size=queue_size,
-            temperature=tau,
-            momentum=momentum,
-            final_momentum=final_momentum,
-            in_batch_keys=in_batch_keys,
-            symmetric=symmetric,
-            **kwargs,
-        )
+from softcontrast.settings import SettingError, setting
 
 
 @dataclass
 class SCEConfig(QueueSettings):
-    """SCE (Denize et al., WACV 2023), the official CIFAR-10 defaults."""
+    """SCE, the official CIFAR-10 defaults."""
 
     lam: float = setting(0.5, "λ in [0, 1], weight of the one-hot part of the target")
     temperature: float = setting(0.1, "τ of the online distribution")
@@ -83,14 +26,29 @@ class SCEConfig(QueueSettings):
     small_crop_size: int | None = setting(None, "side of the small crops (default: view size × 96/224)")
     small_crop_scale: tuple[float, float] = setting((0.05, 0.14), "crop area range of the small crops")
 
+    def crops(self, query_view: ViewRecipe) -> SmallCrops | None:
+        """The small crops: the query recipe at ``small_crop_size`` and ``small_crop_scale`` (``None`` without)."""
+        if self.small_crops < 0:
+            raise SettingError("small_crops", f"small_crops must be >= 0, got {self.small_crops}")
+        low, high = self.small_crop_scale
+        if not 0 < low <= high <= 1:
+            raise SettingError("small_crop_scale", f"small_crop_scale must satisfy 0 < a <= b <= 1, got {low} {high}")
+        if self.small_crops == 0:
+            return None
+        size = self.small_crop_size or max(1, round(query_view.size * 96 / 224))
+        return SmallCrops(self.small_crops, replace(query_view, size=size, crop_scale=(low, high)))
+
 
 def build_sce(config: SCEConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
+    """``L = −Σ_j [λ·e_pos + (1−λ)·s_i]_j · log softmax(q_i·Cᵀ/τ)_j``, ``s_i = softmax_{j≠pos}(k_i·C_j/τm)``.
+
+    Strong query view, weak key view (crop + flip), ``C = [k_i | Q]`` (or ``[all batch
+    keys | Q]``); small crops are more queries with row ``i``'s target.
+    """
     query_view, key_view = setup.view(sce_strong()), setup.view(sce_weak())
-    crops = None
-    if config.small_crops:
-        size = config.small_crop_size or max(1, round(query_view.size * 96 / 224))
-        crops = SmallCrops(config.small_crops, replace(query_view, size=size, crop_scale=tuple(config.small_crop_scale)))
-    return SCE(backbone, setup.projector_for(backbone), lam=config.lam, tau=config.temperature, tau_m=config.tau_m,
-               queue_size=config.queue_size, momentum=config.momentum, final_momentum=config.final_momentum,
-               query_view=query_view, key_view=key_view, in_batch_keys=config.in_batch_keys,
-               symmetric=config.symmetric, small_crops=crops)
+    return ContrastiveMethod(
+        backbone, setup.projector_for(backbone), SimilarityTargets(config.lam, config.tau_m),
+        views=[query_view, key_view], passes=config.passes, memory_size=config.queue_size,
+        temperature=config.temperature, momentum=config.momentum, final_momentum=config.final_momentum,
+        batch_negatives=config.in_batch_keys, small_crops=config.crops(query_view),
+    )

@@ -1,4 +1,4 @@
-"""Target builders: ``(LogitColumns[, support]) -> Targets(target, mask)``.
+"""Target builders: ``(Columns, Rows) -> Targets(target, mask)``.
 
 Every builder returns a row-stochastic target that is zero on masked columns. The
 math lives in pure functions; the classes hold the hyperparameters.
@@ -16,7 +16,6 @@ from softcontrast.components.targets.refinery import (
     self_labeling_target,
 )
 from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
-from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_targets
 
 __all__ = [
     "FalseNegativeCancellation",
@@ -25,7 +24,6 @@ __all__ = [
     "SimilarityTargets",
     "TargetBuilder",
     "Targets",
-    "ViewFalseNegatives",
     "cancel_false_negatives",
     "confidence_schedule",
     "confidence_weights",
@@ -34,5 +32,4 @@ __all__ = [
     "refined_label",
     "self_labeling_target",
     "similarity_target",
-    "view_fnc_targets",
 ]

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.precision import full_precision
 
 
@@ -18,22 +18,29 @@ class Targets:
     Attributes:
         target: ``B×N`` rows that are probability distributions, zero where masked.
         mask: ``B×N`` columns excluded from the softmax.
+        found: ``B×N`` flags of the columns a detector found as false negatives of
+            each image (FNC), or ``None``.
     """
 
     target: Tensor
     mask: Tensor
+    found: Tensor | None = None
 
 
 class TargetBuilder(Protocol):
-    """Anything that turns the step's columns (and optional support embeddings)
-    into :class:`Targets`. Builders never change their inputs."""
+    """Anything that turns the step's columns and anchor rows into :class:`Targets`.
+    Builders never change their inputs.
 
-    def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
+    A builder may also define ``after_optimizer_step(step, total_steps, blocks)``: the
+    step calls it after the optimizer step with the step's gathered blocks of columns
+    (``(embeddings, ids, views)`` each), e.g. to refresh a bank or a schedule."""
+
+    def __call__(self, columns: Columns, rows: Rows) -> Targets:
         """Builds the target of every row.
 
         Args:
-            columns: the step's columns (keys, queue, ids, mask).
-            support: ``B×S×D`` momentum embeddings of support views, if any.
+            columns: the step's columns (block, memory, ids).
+            rows: the anchor rows: positives, mask, keys and detection embeddings.
         """
         ...
 

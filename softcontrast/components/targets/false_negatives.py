@@ -1,36 +1,40 @@
-"""FNC: False Negative Cancellation targets (Huynh et al., WACV 2022).
+"""FNC: False Negative Cancellation (Huynh et al., WACV 2022): detection and targets.
 
-Row ``i`` has ``S`` momentum support embeddings ``u_is`` (its key is one of them).
-Each queue column ``j`` gets ``score_ij = agg_s(u_is · C_j)`` (cosine, no
-temperature; ``agg`` is ``max`` or ``mean``). The detected false negatives ``F_i``
-are the ``top_k`` unmasked queue columns by score whose score exceeds
-``threshold``. Then either
+Every image ``i`` has detection embeddings ``ẑ_is`` (no gradient): its momentum
+column views (FNC as published: all ``V`` views; FNC on MoCo: the key), then any
+extra detection views. Each column ``m`` the image's rows may see gets
+``score_im = agg_s(ẑ_is · c_m)`` (cosine, no temperature; ``agg`` is ``max`` or
+``mean``), its own entries and empty slots excluded; ``F_i`` is the ``top_k`` columns
+by score whose score exceeds ``threshold``, shared by all the image's anchor rows.
 
-* ``eliminate``: ``mask ∪= F_i`` and the target stays ``e_pos``, or
-* ``attract``: the target is uniform over ``{pos} ∪ F_i``.
+* attract: the target is uniform over ``P_i ∪ F_i`` (``P_i`` the row's positives);
+* eliminate: ``mask ∪= F_i`` and the target is uniform over ``P_i``.
 
-With no detected false negative both are exactly InfoNCE. The search is a
-:class:`~softcontrast.components.neighbors.NeighborSearch` call, exact for both
-aggregations: the top-k of a max over views lies in the union of each view's
-top-k, and the mean of similarities is the similarity to the mean embedding. With
-the exact ``torch`` backend every column is scored and masked ones are dropped
-before the top-k, so the step never reads the host.
+With no detected false negative both are the rows' InfoNCE target. The search is a
+:class:`~softcontrast.components.neighbors.NeighborSearch` over the columns, exact
+for both aggregations (the top-k of a max over views lies in the union of each view's
+top-k; the mean of similarities is the similarity to the mean embedding), or a
+dataset-wide :class:`~softcontrast.components.bank.EmbeddingBank`. With the exact
+``torch`` backend every column is scored and blocked ones are dropped before a
+fixed-width top-k, so the step never reads the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from softcontrast.components.bank import EmbeddingBank
-from softcontrast.components.columns import LogitColumns
-from softcontrast.components.neighbors import Backend, NeighborSearch, auto_backend
+from softcontrast.components.columns import Columns, Rows
+from softcontrast.components.neighbors import BACKENDS, Backend, NeighborSearch, auto_backend
 from softcontrast.components.precision import full_precision, similarities
-from softcontrast.components.queue import EMPTY_ID
+from softcontrast.components.memory import EMPTY_ID
 from softcontrast.components.targets.base import Targets
+from softcontrast.settings import SettingError, check_choice
 
 STRATEGIES = ("eliminate", "attract")
 AGGREGATIONS = ("max", "mean")
@@ -76,7 +80,7 @@ def aggregated_neighbors(search: NeighborSearch | EmbeddingBank, support: Tensor
         ``(scores, ids)``, ``B×k'`` with ``k' <= k``, best first; missing entries
         have score ``-inf``.
     """
-    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("aggregation", aggregation, AGGREGATIONS, "FNC")
     rows, views, dim = support.shape
     if aggregation == "mean":
         return search.search(support.mean(dim=1), k)
@@ -96,7 +100,7 @@ def aggregated_scores(support: Tensor, vectors: Tensor, aggregation: str, chunk_
         aggregation: ``max`` or ``mean`` over the ``S`` support views.
         chunk_size: vectors scored at once (``max`` holds ``B·S × chunk_size`` scores).
     """
-    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("aggregation", aggregation, AGGREGATIONS, "FNC")
     vectors = F.normalize(full_precision(vectors.detach()), dim=-1)
     if aggregation == "mean":
         return similarities(support.mean(dim=1), vectors)
@@ -140,132 +144,119 @@ def select_false_negatives(scores: Tensor, blocked: Tensor, top_k: int, threshol
     return torch.zeros_like(blocked).scatter(1, top.indices, top.values > threshold)
 
 
-def queue_false_negatives(
-    columns: LogitColumns, support: Tensor, search: NeighborSearch, top_k: int, threshold: float, aggregation: str
+def blocked_columns(columns: Columns, ids: Tensor) -> Tensor:
+    """``B×M`` shared columns image ``i`` may not detect: its own entries (block and memory) and empty slots."""
+    return (columns.ids[None, :] == ids[:, None]) | (columns.ids == EMPTY_ID)[None, :]
+
+
+def _with_lead(columns: Columns, shared_flags: Tensor) -> Tensor:
+    """``B×N`` flags from flags over the shared columns (the own-key column is never detected)."""
+    if columns.lead == 0:
+        return shared_flags
+    return torch.cat([torch.zeros_like(shared_flags[:, : columns.lead]), shared_flags], dim=1)
+
+
+def column_false_negatives(
+    columns: Columns, detectors: Tensor, ids: Tensor, search: NeighborSearch, top_k: int, threshold: float,
+    aggregation: str,
 ) -> Tensor:
-    """``F_i`` over the queue columns, searching the queue itself.
+    """``F_i`` as ``B×N`` column flags, searching the shared columns themselves.
 
-    With the ``torch`` backend every queue column is scored and the masked ones are
+    With the ``torch`` backend every column is scored and the blocked ones are
     excluded before the top-k (no host read, see :func:`searches_exactly_on_device`).
-    A FAISS search indexes the filled slots only and asks for ``top_k`` plus the most
-    masked filled queue columns of any row (one host read), so the ``top_k`` best
-    unmasked columns are always among the candidates.
+    A FAISS search indexes the filled columns only and asks for ``top_k`` plus the
+    most blocked filled columns of any image (one host read), so the ``top_k`` best
+    unblocked columns are always among the candidates.
 
-    Returns:
-        ``B×N`` flags of the detected false-negative columns.
+    Args:
+        columns: the step's columns.
+        detectors: ``B×S×D`` unit detection embeddings of the local images.
+        ids: ``B`` sample ids of the local images.
+        search: the index (emptied and filled here with the columns).
+        top_k: at most this many columns per image.
+        threshold: detected scores are ``> threshold``.
+        aggregation: ``max`` or ``mean`` over the ``S`` detection embeddings.
     """
-    queue, queue_ids, masked = queue_part(columns)
-    if searches_exactly_on_device(search, queue.shape[0], queue.device):
-        scores = aggregated_scores(support, queue, aggregation, search.chunk_size)
-        chosen = select_false_negatives(scores, masked, top_k, threshold)
-        return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), chosen], dim=1)
-    empty = queue_ids == EMPTY_ID
+    candidates, count = columns.shared, columns.shared.shape[0]
+    blocked = blocked_columns(columns, ids)
+    if searches_exactly_on_device(search, count, ids.device):
+        scores = aggregated_scores(detectors, candidates, aggregation, search.chunk_size)
+        return _with_lead(columns, select_false_negatives(scores, blocked, top_k, threshold))
+    empty = columns.ids == EMPTY_ID
     search.reset()
-    search.add(queue, torch.arange(queue.shape[0], device=queue.device).masked_fill(empty, EMPTY_ID))
-    extra = int((masked & ~empty).sum(dim=1).max()) if masked.numel() else 0
-    scores, slots = aggregated_neighbors(search, support, top_k + extra, aggregation)
-    blocked = (slots < 0) | masked.gather(1, slots.clamp(min=0))
-    chosen = select_false_negatives(scores, blocked, top_k, threshold)
-    return _flag_columns(columns, torch.where(chosen, slots, queue.shape[0]))
+    search.add(candidates, torch.arange(count, device=ids.device).masked_fill(empty, EMPTY_ID))
+    extra = int((blocked & ~empty).sum(dim=1).max()) if blocked.numel() else 0
+    scores, slots = aggregated_neighbors(search, detectors, top_k + extra, aggregation)
+    chosen = select_false_negatives(scores, (slots < 0) | blocked.gather(1, slots.clamp(min=0)), top_k, threshold)
+    flags = torch.zeros(ids.shape[0], count + 1, dtype=torch.bool, device=ids.device)
+    return _with_lead(columns, flags.scatter_(1, torch.where(chosen, slots, count), True)[:, :-1])
 
 
 def bank_false_negatives(
-    columns: LogitColumns, support: Tensor, bank: EmbeddingBank, top_k: int, threshold: float, aggregation: str
+    columns: Columns, detectors: Tensor, ids: Tensor, bank: EmbeddingBank, top_k: int, threshold: float,
+    aggregation: str,
 ) -> Tensor:
-    """``F_i`` from a dataset-wide bank: the ``top_k`` images (other than the row's
-    own) scoring above ``threshold`` against the bank, and every unmasked queue
-    column that holds one of them.
-
-    Returns:
-        ``B×N`` flags of the detected false-negative columns.
-    """
-    scores, ids = aggregated_neighbors(bank, support, top_k + 1, aggregation)
-    blocked = (ids < 0) | (ids == columns.row_ids[:, None])
-    chosen = select_false_negatives(scores, blocked, top_k, threshold)
-    found = ids.masked_fill(~chosen, NO_ID)
-    _, queue_ids, masked = queue_part(columns)
-    holds = (queue_ids[None, :, None] == found[:, None, :]).any(dim=-1) & ~masked
-    return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), holds], dim=1)
+    """``F_i`` from a dataset-wide bank: the ``top_k`` other *images* scoring above
+    ``threshold``, flagged on every unblocked column that holds one of them (``B×N``)."""
+    scores, found = aggregated_neighbors(bank, detectors, top_k + 1, aggregation)
+    chosen = select_false_negatives(scores, (found < 0) | (found == ids[:, None]), top_k, threshold)
+    found = found.masked_fill(~chosen, NO_ID)
+    holds = (columns.ids[None, :, None] == found[:, None, :]).any(dim=-1)
+    return _with_lead(columns, holds & ~blocked_columns(columns, ids))
 
 
-def queue_part(columns: LogitColumns) -> tuple[Tensor, Tensor, Tensor]:
-    """The queue's keys (``K×D``), sample ids (``K``) and mask (``B×K``) in ``columns``."""
-    shared_start = columns.queue_start - (columns.num_columns - columns.shared.shape[0])
-    return (columns.shared[shared_start:], columns.column_ids[shared_start:],
-            columns.mask[:, columns.queue_start :])
-
-
-def _flag_columns(columns: LogitColumns, slots: Tensor) -> Tensor:
-    """``B×N`` flags of queue ``slots`` (``B×M``; the value ``K`` means none)."""
-    batch, capacity = columns.mask.shape[0], columns.num_columns - columns.queue_start
-    flags = torch.zeros(batch, capacity + 1, dtype=torch.bool, device=slots.device)
-    flags.scatter_(1, slots, True)
-    return torch.cat([torch.zeros_like(columns.mask[:, : columns.queue_start]), flags[:, :capacity]], dim=1)
-
-
-def cancel_false_negatives(positive_one_hot: Tensor, mask: Tensor, false_negatives: Tensor, strategy: str) -> Targets:
-    """The FNC target and mask.
+def cancel_false_negatives(rows: Rows, false_negatives: Tensor, strategy: str,
+                           dtype: torch.dtype = torch.float32) -> Targets:
+    """The FNC target and mask of every anchor row.
 
     Args:
-        positive_one_hot: ``B×N`` ``e_pos``.
-        mask: ``B×N`` excluded columns.
-        false_negatives: ``B×N`` detected false negatives ``F_i`` (masked ones ignored).
-        strategy: ``eliminate`` (``mask ∪= F_i``, target ``e_pos``) or ``attract``
-            (target uniform over ``{pos} ∪ F_i``).
+        rows: positives ``P`` and mask of the rows (``R×N``).
+        false_negatives: ``R×N`` flags of ``F`` (each row gets its image's set; masked
+            and positive columns are ignored).
+        strategy: ``attract`` (target uniform over ``P ∪ F``) or ``eliminate``
+            (target uniform over ``P``, ``mask ∪= F``).
+        dtype: dtype of the target.
     """
-    check_choice("strategy", strategy, STRATEGIES)
-    found = false_negatives & ~mask & ~positive_one_hot.bool()
-    if strategy == "eliminate":
-        return Targets(positive_one_hot, mask | found)
-    target = positive_one_hot + found.to(positive_one_hot.dtype)
-    return Targets(target / target.sum(dim=1, keepdim=True), mask)
-
-
-def detected_false_negatives(columns: LogitColumns, targets: Targets) -> Tensor:
-    """Per row, how many columns FNC cancelled: newly masked, or non-positive with target mass."""
-    added_mask = targets.mask & ~columns.mask
-    attracted = (targets.target > 0) & ~columns.positive_one_hot().bool()
-    return (added_mask | attracted).sum(dim=1)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raises a ``ValueError`` naming the choices when ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"FNC {name} must be one of {', '.join(choices)}; got {value!r}")
+    check_choice("strategy", strategy, STRATEGIES, "FNC")
+    found = false_negatives & ~rows.mask & ~rows.positive
+    members = rows.positive | found if strategy == "attract" else rows.positive
+    mask = rows.mask if strategy == "attract" else rows.mask | found
+    target = members.to(dtype)
+    return Targets(target / target.sum(dim=1, keepdim=True).clamp(min=1), mask, false_negatives)
 
 
 def check_detection_settings(top_k: int, threshold: float, strategy: str, aggregation: str, backend: Backend) -> None:
-    """Raises a ``ValueError`` naming the flag when a false-negative detection setting is out of range."""
+    """Raises a :class:`~softcontrast.settings.SettingError` naming the setting that is out of range."""
     if top_k < 1:
-        raise ValueError(f"FNC top_k (--top-k) must be >= 1, got {top_k}")
+        raise SettingError("top_k", f"FNC top_k must be >= 1, got {top_k}")
     if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"FNC threshold (--threshold) is a cosine and must lie in [-1, 1], got {threshold}")
-    check_choice("strategy", strategy, STRATEGIES)
-    check_choice("aggregation", aggregation, AGGREGATIONS)
-    NeighborSearch(backend)  # validates the backend name
+        raise SettingError("threshold", f"FNC threshold is a cosine and must lie in [-1, 1], got {threshold}")
+    check_choice("strategy", strategy, STRATEGIES, "FNC")
+    check_choice("aggregation", aggregation, AGGREGATIONS, "FNC")
+    check_choice("search_backend", backend, BACKENDS, "FNC")
 
 
 @dataclass(frozen=True)
 class FalseNegativeCancellation:
-    """FNC target builder.
+    """FNC target builder: detection, then cancellation.
 
-    ``F_i = top_k {j ∈ queue, unmasked : agg_s(u_is·C_j) > threshold}``; eliminate:
-    ``mask ∪= F_i``, target ``e_pos``; attract: target uniform over ``{pos} ∪ F_i``.
-
-    Support embeddings come as ``B×S×D`` (the key first); without them the key
-    alone is the support set (``S = 1``). They are L2-normalised here.
+    ``F_i = top_k {m : agg_s(ẑ_is · c_m) > threshold}`` over the columns the image's
+    rows may see (its own entries and empty slots excluded), ``ẑ_i`` the rows'
+    detection embeddings (``B×S×D``, L2-normalised here); ``F_i`` is shared by all the
+    image's anchor rows. Attract: target uniform over ``P_i ∪ F_i``; eliminate: target
+    uniform over ``P_i``, ``mask ∪= F_i``. With no detected false negative both are the
+    rows' InfoNCE target. The detected flags ride along as ``Targets.found``.
 
     Args:
-        top_k: at most this many false negatives per row (>= 1; paper: 10).
-        threshold: a false negative's score must exceed this cosine, in
-            ``[-1, 1]`` (paper: 0.7).
+        top_k: at most this many detected columns per image (>= 1; paper 10).
+        threshold: a detected score must exceed this cosine, in ``[-1, 1]`` (paper 0.7).
         strategy: ``attract`` (paper's best) or ``eliminate``.
-        aggregation: ``max`` or ``mean`` over the support views.
-        backend: :class:`NeighborSearch` backend for the queue search (its index,
-            ``search``, is made once and refilled every step).
-        bank: search this dataset-wide :class:`EmbeddingBank` instead of the
-            queue; queue columns holding a found image are its false negatives.
-            The paper searches the negatives of the batch; the bank is an option.
+        aggregation: ``max`` (paper) or ``mean`` over the detection embeddings.
+        backend: :class:`NeighborSearch` backend of the search over the columns (its
+            index, ``search``, is made once and refilled every step).
+        bank: search this dataset-wide :class:`EmbeddingBank` instead (refreshed after
+            each step from every image's first column view); ``top_k`` then counts
+            images and every column holding a found image is in ``F_i``.
     """
 
     top_k: int = 10
@@ -280,16 +271,31 @@ class FalseNegativeCancellation:
         check_detection_settings(self.top_k, self.threshold, self.strategy, self.aggregation, self.backend)
         object.__setattr__(self, "search", NeighborSearch(self.backend))
 
-    def false_negatives(self, columns: LogitColumns, support: Tensor | None = None) -> Tensor:
-        """``B×N`` flags of the detected false negatives ``F_i``."""
-        with torch.no_grad():
-            support = columns.keys[:, None] if support is None else support
-            support = F.normalize(support.detach().float(), dim=-1)
-            if self.bank is not None:
-                return bank_false_negatives(columns, support, self.bank, self.top_k, self.threshold, self.aggregation)
-            return queue_false_negatives(columns, support, self.search, self.top_k, self.threshold, self.aggregation)
+    @torch.no_grad()
+    def false_negatives(self, columns: Columns, rows: Rows) -> Tensor:
+        """``B×N`` flags of ``F_i`` for the local images."""
+        if rows.detectors is None:
+            raise ValueError("FNC needs detection embeddings for its rows (Rows.detectors)")
+        detectors = F.normalize(rows.detectors.detach().float(), dim=-1)
+        ids = rows.ids[rows.first_of_each_image]
+        if self.bank is not None:
+            return bank_false_negatives(columns, detectors, ids, self.bank, self.top_k, self.threshold,
+                                        self.aggregation)
+        return column_false_negatives(columns, detectors, ids, self.search, self.top_k, self.threshold,
+                                      self.aggregation)
 
-    def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
-        """Builds the FNC target of every row from ``B×S×D`` support embeddings."""
-        found = self.false_negatives(columns, support)
-        return cancel_false_negatives(columns.positive_one_hot(), columns.mask, found, self.strategy)
+    def __call__(self, columns: Columns, rows: Rows) -> Targets:
+        """Targets of the anchor rows; ``Targets.found`` holds the ``B×N`` detected flags."""
+        found = self.false_negatives(columns, rows)
+        dtype = torch.promote_types(columns.shared.dtype, torch.float32)
+        targets = cancel_false_negatives(rows, rows.per_row(found), self.strategy, dtype)
+        return Targets(targets.target, targets.mask, found)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int, blocks: Sequence[Columns] = ()) -> None:
+        """Refreshes the bank (if any) from the first column view of every image of the step's blocks."""
+        if self.bank is None:
+            return
+        for columns in blocks:
+            embeddings, ids, _ = columns.block_entries()
+            self.bank.update(embeddings[:: columns.num_views], ids[:: columns.num_views])

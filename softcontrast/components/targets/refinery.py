@@ -27,9 +27,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.precision import full_precision
 from softcontrast.components.targets.base import Targets
+from softcontrast.settings import SettingError
 
 
 def key_distributions(
@@ -162,14 +163,14 @@ class SelfLabelingRefinery(nn.Module):
     ):
         super().__init__()
         if not tau > 0:
-            raise ValueError(f"SANE tau (--tau) must be > 0, got {tau}")
+            raise SettingError("temperature", f"SANE temperature (τ) must be > 0, got {tau}")
         if not 0 < tau_prime <= 1:
-            raise ValueError(f"SANE tau_prime (--tau-prime) must lie in (0, 1], got {tau_prime}")
+            raise SettingError("tau_prime", f"SANE tau_prime (τ′) must lie in (0, 1], got {tau_prime}")
         if not mu_start >= 0:
-            raise ValueError(f"SANE mu_start (--mu-start) must be >= 0, got {mu_start}")
+            raise SettingError("mu_start", f"SANE mu_start (m1) must be >= 0, got {mu_start}")
         if not mu_end >= mu_start:
-            raise ValueError(
-                f"SANE mu_end (--mu-end) must be >= mu_start (--mu-start), got {mu_end} < {mu_start}: "
+            raise SettingError(
+                "mu_end", f"SANE mu_end (m2) must be >= mu_start (m1), got {mu_end} < {mu_start}: "
                 "the confidence rises from m1 to m2"
             )
         self.tau, self.tau_prime = float(tau), float(tau_prime)
@@ -186,14 +187,24 @@ class SelfLabelingRefinery(nn.Module):
         """Sets ``µ`` to ``µ_t`` of :func:`confidence_schedule` for step ``t``."""
         self.mu.fill_(confidence_schedule(step, total_steps, self.mu_start, self.mu_end))
 
-    def forward(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
-        """Builds ``ȳ`` from the keys' similarities to the columns (``support`` is ignored)."""
+    def after_optimizer_step(self, step: int, total_steps: int, blocks: object = None) -> None:
+        """``µ ← µ_{t+1}`` for the next step (the step's hook after the optimizer step)."""
+        self.set_step(step + 1, total_steps)
+
+    def metrics(self) -> dict[str, Tensor]:
+        """What to log each step: the confidence ``µ``."""
+        return {"mu": self.mu.detach().clone()}
+
+    def forward(self, columns: Columns, rows: Rows) -> Targets:
+        """Builds ``ȳ`` from the keys' similarities to the columns (one key per row)."""
+        if rows.keys is None:
+            raise ValueError("SANE's refined labels need one momentum key per row (one column view per image)")
         with torch.no_grad():
-            key_scores = columns.scores(columns.keys)
+            key_scores = columns.scores(rows.keys)
             target = self_labeling_target(
-                key_scores, columns.positive_one_hot(), columns.mask, self.mu, self.temperature, self.use_p, self.use_q
+                key_scores, rows.positive_one_hot(), rows.mask, self.mu, self.temperature, self.use_p, self.use_q
             )
-        return Targets(target, columns.mask)
+        return Targets(target, rows.mask)
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, tau_prime={self.tau_prime}, mu_start={self.mu_start}, mu_end={self.mu_end}, "

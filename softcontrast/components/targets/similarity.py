@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.targets.base import Targets, masked_softmax
+from softcontrast.settings import SettingError
 
 
 def similarity_target(
@@ -49,13 +50,15 @@ class SimilarityTargets:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"SCE lambda must lie in [0, 1], got {self.lam}")
+            raise SettingError("lam", f"SCE lam (λ) must lie in [0, 1], got {self.lam}")
         if not self.tau_m > 0:
-            raise ValueError(f"SCE tau_m must be > 0, got {self.tau_m}")
+            raise SettingError("tau_m", f"SCE tau_m must be > 0, got {self.tau_m}")
 
-    def __call__(self, columns: LogitColumns, support: Tensor | None = None) -> Targets:
-        """Builds the SCE target from the keys' similarities to the columns."""
+    def __call__(self, columns: Columns, rows: Rows) -> Targets:
+        """Builds the SCE target from the keys' similarities to the columns (one key per row)."""
+        if rows.keys is None:
+            raise ValueError("SCE targets need one momentum key per row (a step with one column view per image)")
         with torch.no_grad():
-            key_scores = columns.scores(columns.keys)
-            target = similarity_target(key_scores, columns.positive_one_hot(), columns.mask, self.lam, self.tau_m)
-        return Targets(target, columns.mask)
+            key_scores = columns.scores(rows.keys)
+            target = similarity_target(key_scores, rows.positive_one_hot(), rows.mask, self.lam, self.tau_m)
+        return Targets(target, rows.mask)
