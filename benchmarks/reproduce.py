@@ -46,7 +46,7 @@ from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation import extract_features, knn_feature_accuracy, linear_probe_accuracy
 
-RECIPES = EXAMPLES / "recipes"
+RECIPES = EXAMPLES.parent / "softcontrast" / "recipes"
 #: The CPU table: name = script[-variant], its recipe, and its extra flags.
 DEFAULT_METHODS = [
     "moco=moco_v2_cifar10-cpu.yaml",

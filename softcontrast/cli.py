@@ -1,150 +1,225 @@
-"""Command-line flags and the run shared by the example scripts.
+"""``softcontrast train NAME``: any registered method, with flags generated from its settings.
 
-Every example accepts ``--config FILE.yaml`` (see :mod:`softcontrast.config`).
+Every flag comes from a dataclass field (:mod:`softcontrast.flags`): the method's config
+(from the registry, :mod:`softcontrast.methods.registry`), :class:`~softcontrast.training.TrainConfig`
+and the run's :class:`~softcontrast.run_settings.DataSettings`,
+:class:`~softcontrast.run_settings.ModelSettings` and :class:`~softcontrast.run_settings.RunSettings`.
+``--config FILE.yaml`` (or a packaged recipe's name) sets any of them; the command line
+overrides the file. On the embedded digits data, the settings neither gave take
+:data:`~softcontrast.run_settings.DIGITS_DEFAULTS`; elsewhere the fields' defaults apply.
+
+A method registered in the user's own file trains the same way: ``--plugin my_methods.py``
+(a file, or an importable module) is imported before the method is looked up, and the
+file calls :func:`~softcontrast.methods.registry.register`::
+
+    softcontrast train my-method --plugin my_methods.py --epochs 10
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
-from dataclasses import fields, replace
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from softcontrast.checkpoints import NoCheckpointError, OutputWriteError
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.components.backbones import Backbone, resnet
+from softcontrast.components.backbones import Backbone, projector_for, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.config import ConfigArgumentParser
 from softcontrast.data import load_source
+from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation import baseline_knn, random_init_backbone
+from softcontrast.flags import Flag, add_flags, config_flags
 from softcontrast.methods.base import ContrastiveMethod
+from softcontrast.methods.registry import MethodSpec, Setup, method_names, method_spec
+from softcontrast.run_settings import DIGITS_DEFAULTS, DataSettings, ModelSettings, RunSettings
+from softcontrast.settings import SettingError
 from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
 
-MethodFactory = Callable[[Backbone, argparse.Namespace], ContrastiveMethod]
-
-#: Errors a CLI user can fix (flags, data, checkpoints, output directory, a diverged run):
-#: :func:`main` prints their message as one line and exits with status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, FileNotFoundError, NotADirectoryError, NoCheckpointError, OutputWriteError, FloatingPointError,
+#: The run's settings besides the method's, by section of ``--help``.
+RUN_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("data", DataSettings), ("model", ModelSettings), ("training", TrainConfig), ("run", RunSettings),
 )
 
 
-def build_parser(description: str, **defaults: Any) -> ConfigArgumentParser:
-    """The flags every example accepts; ``defaults`` overrides their defaults.
+@dataclass
+class Settings:
+    """Every setting of a run, resolved.
 
-    ``--config FILE.yaml`` sets any flag from a file (the example's own flags too);
-    the command line overrides the file.
-
-    The built-in defaults fit the embedded ``digits`` data on two CPU cores in a
-    few minutes (narrow ResNet-18; on digits 12×12 views, gentle crops and a linear
-    projector: see :data:`DATA_DEFAULTS`).
+    Attributes:
+        method: the registry name.
+        config: the method's config.
+        data: data and views.
+        model: backbone and projector.
+        train: the training loop's settings.
+        run: devices, batch norm of the momentum encoder, output.
+        from_digits: the settings that took :data:`~softcontrast.run_settings.DIGITS_DEFAULTS`.
     """
-    parser = ConfigArgumentParser(description=description)
-    add = parser.add_argument
-    add("--dataset", default="digits", help="digits | imagefolder:<path> | npz:<path> | hf:<id>")
-    add("--train-subset", type=int, default=None, help="train on this many random training images")
-    add("--image-size", type=int, default=None, help="resize images to this side (default: the source's)")
-    add("--view-size", type=int, default=None,
-        help="side of the augmented views (default: 12 for digits, else 16)")
-    add("--crop-min-scale", type=float, default=None,
-        help="smallest crop area of the random resized crop (default: 0.8 for digits, else the recipe's)")
-    add("--flip-p", type=float, default=None,
-        help="horizontal flip probability (default: 0 for digits, whose mirror images are other symbols; "
-             "else the recipe's)")
-    add("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
-    add("--width", type=int, default=16, help="channels of the first ResNet stage (64 = standard)")
-    add("--no-cifar-stem", action="store_true", help="use the ImageNet stem (7×7 conv + max-pool)")
-    add("--projector-hidden", type=int, default=512)
-    add("--projector-out", type=int, default=128)
-    add("--projector-layers", type=int, default=None,
-        help="linear layers of the projector (default: 1, a linear map, for digits; else 2)")
-    add("--queue-size", type=int, default=1024)
-    add("--momentum", type=float, default=0.99, help="EMA momentum of the key encoder")
-    add("--final-momentum", type=float, default=None, help="momentum at the end (cosine schedule)")
-    add("--symmetric", action="store_true", help="average the loss over both view orders")
-    add("--epochs", type=int, default=60)
-    add("--batch-size", type=int, default=128, help="images per process per step")
-    add("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    add("--lr", type=float, default=0.3, help="learning rate for a global batch of 256 (scaled linearly)")
-    add("--weight-decay", type=float, default=5e-4)
-    add("--warmup-epochs", type=float, default=0.0)
-    add("--precision", default="no", choices=["no", "fp16", "bf16"], help="mixed precision")
-    add("--cpu", action="store_true", help="train on the CPU even if a GPU is visible")
-    add("--channels-last", action="store_true")
-    add("--compile", action="store_true", help="torch.compile the encoders")
-    add("--shuffle-bn", action="store_true",
-        help="shuffle-BN for the momentum encoder: across processes, or split-BN on one process")
-    add("--split-bn-groups", type=int, default=8,
-        help="batch-norm groups of the global batch under --shuffle-bn (a multiple of the process count)")
-    add("--seed", type=int, default=0)
-    add("--output-dir", default=None, help="default: runs/<method>")
-    add("--checkpoint-every", type=int, default=5, help="epochs between checkpoints")
-    add("--checkpoint-every-steps", type=int, default=0, help="also save every this many steps (0: never)")
-    add("--keep-checkpoints", type=int, default=3, help="complete checkpoints kept (0: all)")
-    add("--stop-after-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
-    add("--resume", default=None,
-        help="checkpoint folder; 'latest' (newest complete one, error if none); 'auto' (latest if any, else fresh)")
-    add("--knn-every", type=int, default=0, help="epochs between kNN evaluations (0: before and after)")
-    add("--knn-k", type=int, default=200)
-    add("--log-every", type=int, default=10)
-    add("--num-workers", type=int, default=4, help="loader workers for streamed image folders")
-    add("--tensorboard", action="store_true", help="also log to TensorBoard in the output dir")
-    parser.set_defaults(**defaults)
+
+    method: str
+    config: Any
+    data: DataSettings
+    model: ModelSettings
+    train: TrainConfig
+    run: RunSettings
+    from_digits: dict[str, Any]
+
+    def saved(self, num_train_samples: int | None = None) -> dict[str, Any]:
+        """The run's saved settings (``run_config.json``): enough to rebuild it (:func:`build_method`)."""
+        settings = {"method": self.method, **asdict(self.config), **asdict(self.data), **asdict(self.model),
+                    **asdict(self.train), **asdict(self.run), "output_dir": self.train.output_dir}
+        settings["no_cifar_stem"] = not self.model.cifar_stem  # the key softcontrast evaluate reads
+        if num_train_samples is not None:
+            settings["num_train_samples"] = num_train_samples
+        return settings
+
+
+def build_parser(spec: MethodSpec, prog: str | None = None, description: str | None = None) -> ConfigArgumentParser:
+    """The flags of method ``spec``: its config's, then the run's (:data:`RUN_SECTIONS`).
+
+    Raises:
+        TypeError: a field of the method's config has the name of one of the run's settings.
+    """
+    parser = ConfigArgumentParser(prog=prog, description=description or f"Train {spec.name}: {spec.summary}")
+    run_fields = {f.name for _, section in RUN_SECTIONS for f in fields(section)}
+    method_flags = config_flags(spec.config)
+    taken = sorted(run_fields & {flag.field for flag in method_flags})
+    if taken:
+        raise TypeError(f"method {spec.name!r}: config fields {', '.join(taken)} are run settings; rename them")
+    add_flags(parser.add_argument_group(f"{spec.name} settings"), method_flags, _digits_notes(method_flags))
+    for title, section in RUN_SECTIONS:
+        flags = config_flags(section)
+        add_flags(parser.add_argument_group(f"{title} settings"), flags, _digits_notes(flags))
     return parser
 
 
-#: Defaults of flags whose best value depends on the data: (digits, any other source).
-DATA_DEFAULTS: dict[str, tuple[Any, Any]] = {"view_size": (12, 16), "projector_layers": (1, 2)}
+def _digits_notes(flags: list[Flag]) -> dict[str, str]:
+    return {flag.field: f"; {DIGITS_DEFAULTS[flag.field]} on digits" for flag in flags if flag.field in DIGITS_DEFAULTS}
 
 
-def resolve_data_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fills the flags left unset whose defaults depend on the dataset (:data:`DATA_DEFAULTS`).
+def flag_names(spec: MethodSpec) -> dict[str, str]:
+    """How each setting of method ``spec`` is given on the command line, by field: ``--top-k``."""
+    sections = [spec.config, *(section for _, section in RUN_SECTIONS)]
+    return {flag.field: flag.option for section in sections for flag in config_flags(section)}
 
-    On the embedded 8×8 digits the views are 12 pixels (8 lets the backbone learn
-    less, 16 costs twice as much) and the projector is linear, which leaves the
-    class structure in the backbone features that the kNN monitor reads (with a
-    2-layer projector the backbone trails raw pixels within the few-minute budget).
+
+def resolve(spec: MethodSpec, given: Mapping[str, Any]) -> Settings:
+    """Every setting of a run of ``spec``: ``given`` (flags and config file), else the digits table, else the defaults.
+
+    Raises:
+        SettingError: a setting outside its range (it names the field).
     """
-    on_digits = args.dataset == "digits"
-    for name, (digits, other) in DATA_DEFAULTS.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, digits if on_digits else other)
-    return args
+    on_digits = given.get("dataset", DataSettings.dataset) == "digits"
+    from_digits: dict[str, Any] = {}
+
+    def values(section: type, **fixed: Any) -> dict[str, Any]:
+        chosen = {}
+        for item in fields(section):
+            if item.name in fixed or not item.init:
+                continue
+            if item.name in given:
+                value = given[item.name]
+                chosen[item.name] = tuple(value) if isinstance(value, list) else value
+            elif on_digits and item.name in DIGITS_DEFAULTS:
+                chosen[item.name] = from_digits[item.name] = DIGITS_DEFAULTS[item.name]
+        return {**chosen, **fixed}
+
+    output_dir = given.get("output_dir") or f"runs/{spec.name}"
+    return Settings(spec.name, spec.config(**values(spec.config)), DataSettings(**values(DataSettings)),
+                    ModelSettings(**values(ModelSettings)), TrainConfig(**values(TrainConfig, output_dir=output_dir)),
+                    RunSettings(**values(RunSettings, output_dir=output_dir)), from_digits)
 
 
-def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> TrainResult:
+def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
+                num_samples: int | None = None) -> ContrastiveMethod:
+    """Builds the method of ``settings`` over ``backbone`` through the registry, with the run's step options.
+
+    Args:
+        settings: the resolved settings.
+        backbone: the backbone (:func:`~softcontrast.components.backbones.resnet` of ``settings.model``).
+        processes: processes of the run (the global batch is ``batch_size × processes``).
+        num_samples: training images, if known.
+    """
+    model = settings.model
+    setup = Setup(projector=projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers),
+                  view=settings.data.view, global_batch=settings.train.batch_size * processes, num_samples=num_samples)
+    method = method_spec(settings.method).build(settings.config, backbone, setup)
+    if settings.run.shuffle_bn:
+        method.shuffle_bn = ShuffleBatchNorm(settings.run.split_bn_groups)
+    if settings.run.channels_last:
+        method.channels_last = True
+    return method
+
+
+def build_method(saved: Mapping[str, Any], backbone: Backbone) -> ContrastiveMethod:
+    """Rebuilds a run's method from its saved settings (``run_config.json``), on this process count."""
+    spec = method_spec(saved["method"])
+    known = {f.name for section in (spec.config, *(s for _, s in RUN_SECTIONS)) for f in fields(section) if f.init}
+    settings = resolve(spec, {key: value for key, value in saved.items() if key in known})
+    return make_method(settings, backbone, PartialState().num_processes, saved.get("num_train_samples"))
+
+
+def train(method_name: str, argv: Sequence[str] | None = None, prog: str | None = None,
+          description: str | None = None) -> TrainResult:
+    """Parses the flags of the registered method ``method_name``, trains it and reports kNN accuracy.
+
+    A user error (:data:`~softcontrast.errors.USER_ERRORS`) ends the process with one
+    line on stderr, ``prog: error: message`` (``(set with --flag)`` added when a setting
+    was refused), and status 2. Any other exception (a programming error) keeps its
+    traceback, and so does every error when ``SOFTCONTRAST_TRACEBACK=1`` is set.
+
+    Args:
+        method_name: a registered method (:func:`~softcontrast.methods.registry.method_names`).
+        argv: the flags (default: ``sys.argv[1:]``).
+        prog: the program's name in messages (default: the script's).
+        description: the text of ``--help`` (default: the method's summary).
+    """
+    spec = method_spec(method_name)
+    parser = build_parser(spec, prog, description)
+    given = vars(parser.parse_args(argv))
+    try:
+        return run(resolve(spec, given))
+    except USER_ERRORS as error:
+        if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        option = flag_names(spec).get(getattr(error, "name", None)) if isinstance(error, SettingError) else None
+        print(f"{parser.prog}: error: {message}" + (f" (set with {option})" if option else ""),
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def run(settings: Settings) -> TrainResult:
     """Loads the data, builds backbone and method, trains, and prints kNN accuracy with its baselines."""
-    resolve_data_defaults(args)
-    output_dir = args.output_dir or f"runs/{method_name}"
-    accelerator = make_accelerator(
-        args.precision, cpu=args.cpu or None, log_with="tensorboard" if args.tensorboard else None,
-        project_dir=output_dir,
-    )
-    set_seed(args.seed)
-    splits = load_source(args.dataset, args.image_size)
-    if args.train_subset is not None:
-        splits.train = splits.train.subset(args.train_subset, seed=args.seed)
-    backbone = resnet(args.backbone, cifar_stem=not args.no_cifar_stem, width=args.width)
-    args.num_train_samples = len(splits.train)
-    method = factory(backbone, args)
-    if args.shuffle_bn and method.shuffle_bn is None:
-        raise ValueError(f"--shuffle-bn is set but the {method_name} example does not pass it to its method")
-    config_names = {f.name for f in fields(TrainConfig)}
-    values = {**vars(args), "output_dir": output_dir, "knn_k": args.knn_k,
-              "mixed_precision": args.precision}
-    config = TrainConfig(**{k: v for k, v in values.items() if k in config_names})
-    trainer = Trainer(method, config, accelerator, run_config={"method": method_name, **vars(args)})
+    data, model, config = settings.data, settings.model, settings.train
+    accelerator = make_accelerator(settings.run.precision, cpu=settings.run.cpu or None,
+                                   log_with="tensorboard" if settings.run.tensorboard else None,
+                                   project_dir=config.output_dir)
+    if accelerator.is_main_process and settings.from_digits:
+        chosen = ", ".join(f"{name}={value}" for name, value in settings.from_digits.items())
+        print(f"{settings.method} on digits, digits defaults (a flag or --config overrides each): {chosen}", flush=True)
+    set_seed(config.seed)
+    splits = load_source(data.dataset, data.image_size)
+    if data.train_subset is not None:
+        splits.train = splits.train.subset(data.train_subset, seed=config.seed)
+    backbone = resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width)
+    method = make_method(settings, backbone, accelerator.num_processes, len(splits.train))
+    trainer = Trainer(method, config, accelerator, run_config=settings.saved(len(splits.train)))
     result = trainer.fit(splits.train, splits.test)
     if accelerator.is_main_process:
-        baselines = run_baselines(args, splits.train, splits.test, result, method.query_augment.recipe,
-                                  config.knn_temperature, accelerator.device)
+        recipe = method.query_view if hasattr(method, "query_view") else method.query_augment.recipe
+        baselines = run_baselines(settings, splits.train, splits.test, result, recipe, accelerator.device)
         summary = {
-            "method": method_name,
-            "dataset": args.dataset,
+            "method": settings.method,
+            "dataset": data.dataset,
             "epochs_done": result.epochs_done,
             "knn_accuracy": {str(k): round(v, 4) for k, v in result.knn.items()},
             "baselines": {name: round(v, 4) for name, v in baselines.items()},
@@ -161,8 +236,8 @@ def run(method_name: str, factory: MethodFactory, args: argparse.Namespace) -> T
     return result
 
 
-def run_baselines(args: argparse.Namespace, train, test, result: TrainResult, recipe: ViewRecipe,
-                  temperature: float, device) -> dict[str, float]:
+def run_baselines(settings: Settings, train, test, result: TrainResult, recipe: ViewRecipe,
+                  device) -> dict[str, float]:
     """kNN accuracy of the raw pixels and of the random-init network, under the monitor's protocol.
 
     The random-init accuracy is the run's epoch-0 kNN when this invocation measured it
@@ -171,50 +246,65 @@ def run_baselines(args: argparse.Namespace, train, test, result: TrainResult, re
     """
     if test is None:
         return {}
-    if 0 in result.knn:
-        untrained = None
-    else:
-        untrained = random_init_backbone(args.backbone, not args.no_cifar_stem, args.width, args.seed)
-    baselines = baseline_knn(train, test, untrained, recipe, args.knn_k, temperature, device)
+    model, config = settings.model, settings.train
+    untrained = None if 0 in result.knn else random_init_backbone(model.backbone, model.cifar_stem, model.width,
+                                                                   config.seed)
+    baselines = baseline_knn(train, test, untrained, recipe, config.knn_k, config.knn_temperature, device)
     return {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}
 
 
-def main(method_name: str, factory: MethodFactory, parser: argparse.ArgumentParser,
-         argv: list[str] | None = None) -> TrainResult:
-    """Parses the flags and runs; a user error ends the process with one line on stderr and status 2.
+def load_plugin(source: str) -> None:
+    """Imports a user's file (``my_methods.py``) or module (``my_package.methods``), which registers methods."""
+    if source.endswith(".py") or Path(source).is_file():
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"--plugin {source}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+    else:
+        importlib.import_module(source)
 
-    User errors are :data:`USER_ERRORS`; any other exception (a programming error)
-    keeps its traceback, and so does every error when the environment variable
-    ``SOFTCONTRAST_TRACEBACK=1`` is set.
-    """
-    args = parser.parse_args(argv)
+
+def train_command(argv: Sequence[str]) -> None:
+    """``softcontrast train [--plugin FILE_OR_MODULE ...] NAME [flags]``."""
+    front = argparse.ArgumentParser(
+        prog="softcontrast train", add_help=False, allow_abbrev=False,
+        description="Train a registered method; `softcontrast train NAME --help` lists its flags.",
+    )
+    front.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                       help="a Python file or module that registers methods (repeatable)")
+    known, rest = front.parse_known_args(argv)
     try:
-        return run(method_name, factory, args)
-    except USER_ERRORS as error:
-        if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
-            raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        for source in known.plugin:
+            load_plugin(source)
+    except (ImportError, FileNotFoundError) as error:
+        front.error(" ".join(str(error).split()))
+    if not rest or rest[0] in ("-h", "--help"):
+        front.print_help()
+        print("\nmethods:")
+        for name in method_names():
+            print(f"  {name:<10} {method_spec(name).summary}")
+        raise SystemExit(0 if rest else 2)
+    name, flags = rest[0], rest[1:]
+    if name not in method_names():
+        front.error(f"unknown method {name!r}; registered: {', '.join(method_names())} (--plugin adds yours)")
+    train(name, flags, prog=f"softcontrast train {name}")
 
 
-def shuffle_bn_of(args: argparse.Namespace) -> ShuffleBatchNorm | None:
-    """The momentum encoder's shuffle-BN chosen by ``--shuffle-bn`` and ``--split-bn-groups``."""
-    return ShuffleBatchNorm(args.split_bn_groups) if args.shuffle_bn else None
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``softcontrast`` command: ``train NAME [flags]`` or ``evaluate RUN_DIR``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        train_command(argv[1:])
+    elif argv and argv[0] == "evaluate":
+        from softcontrast.evaluation.command import main as evaluate
 
-
-def views_of(args: argparse.Namespace, *recipes: ViewRecipe) -> list[ViewRecipe]:
-    """The recipes at ``args.view_size``, with the crop scale and flip chosen by the flags."""
-    resolve_data_defaults(args)
-    on_digits = args.dataset == "digits"
-    crop_min = args.crop_min_scale if args.crop_min_scale is not None else (0.8 if on_digits else None)
-    flip_p = args.flip_p if args.flip_p is not None else (0.0 if on_digits else None)
-    resized = []
-    for recipe in recipes:
-        recipe = replace(recipe, size=args.view_size)
-        if crop_min is not None:
-            recipe = replace(recipe, crop_scale=(crop_min, recipe.crop_scale[1]))
-        if flip_p is not None:
-            recipe = replace(recipe, flip_p=flip_p)
-        resized.append(recipe)
-    return resized
+        evaluate(argv)
+    else:
+        print("usage: softcontrast {train,evaluate} ...\n\n"
+              "  train NAME [flags]   train a registered method (softcontrast train --help lists them)\n"
+              "  evaluate RUN_DIR     kNN sweep, linear probe, baselines and pictures of a finished run",
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)

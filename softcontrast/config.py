@@ -1,23 +1,21 @@
-"""YAML config files for command-line flags: ``--config FILE.yaml``.
+"""YAML config files for command-line flags: ``--config FILE.yaml`` or a packaged recipe.
 
-A config file is a YAML mapping from flag names (``queue-size`` or ``queue_size``) to
-values. Its values replace the flags' defaults; flags given on the command line
-override the file. An unknown key, a value of the wrong type or a value outside a
-flag's choices stops the parser with a message that names the key and what it
-accepts. The parsed namespace holds the resolved values, so a run's saved settings
-show what it ran with, whichever way each value was given.
+A config file is a YAML mapping from flag names (``queue-size``) or field names
+(``queue_size``) to values. Its values replace the flags' defaults; flags given on the
+command line override the file (``--no-shuffle-bn`` switches off a file's
+``shuffle-bn: true``). An unknown key, a value of the wrong type or a value outside a
+flag's choices stops the parser with a message that names the key and what it accepts.
 
-An on/off flag (``shuffle-bn: true``) set in a file cannot be switched off on the
-command line, since the flag has no ``--no-`` form: edit a copy of the file instead.
+``--config NAME`` without a file of that name reads the recipe ``NAME.yaml`` shipped in
+the package (:data:`RECIPES`, the papers' settings), e.g. ``--config sce_cifar10``::
 
-Example (``examples/recipes/sce_cifar10.yaml`` with a shorter run)::
-
-    python examples/sce.py --config examples/recipes/sce_cifar10.yaml --epochs 100
+    softcontrast train sce --config sce_cifar10 --epochs 100
 """
 
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +23,26 @@ import yaml
 
 #: Dests that a config file cannot set.
 RESERVED = frozenset({"help", "config"})
+#: The recipes shipped in the package, by name (``sce_cifar10``): the papers' settings.
+RECIPES = resources.files("softcontrast") / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The names of the packaged recipes, sorted."""
+    return sorted(item.name.removesuffix(".yaml") for item in RECIPES.iterdir() if item.name.endswith(".yaml"))
+
+
+def read_config_text(path: str) -> str:
+    """The text of a config file, or of the packaged recipe of that name (``sce_cifar10``).
+
+    Raises:
+        OSError: neither a readable file nor a packaged recipe.
+    """
+    if not Path(path).is_file():
+        name = path.removesuffix(".yaml")
+        if "/" not in name and name in recipe_names():
+            return (RECIPES / f"{name}.yaml").read_text(encoding="utf-8")
+    return Path(path).read_text(encoding="utf-8")
 
 
 class ConfigArgumentParser(argparse.ArgumentParser):
@@ -43,7 +61,8 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.add_argument(
             "--config", default=None, metavar="FILE.yaml",
-            help="YAML file of flag values (keys are flag names); flags on the command line override it",
+            help="YAML file of flag values (keys are flag names), or a packaged recipe by name "
+                 "(sce_cifar10); flags on the command line override it",
         )
 
     def parse_known_args(  # type: ignore[override]
@@ -63,12 +82,13 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         return parsed, extras
 
     def settable(self) -> dict[str, argparse.Action]:
-        """The flags a config file may set, by dest."""
-        return {
-            action.dest: action
-            for action in self._actions
-            if action.option_strings and action.dest not in RESERVED and action.dest is not argparse.SUPPRESS
-        }
+        """The flags a config file may set, by key: their dest and their flag name (``_`` for ``-``)."""
+        actions = {}
+        for action in self._actions:
+            if action.option_strings and action.dest not in RESERVED and action.dest is not argparse.SUPPRESS:
+                actions[action.dest] = action
+                actions[action.option_strings[0].lstrip("-").replace("-", "_")] = action
+        return actions
 
     def config_values(self, path: str | Path) -> dict[str, Any]:
         """The flag values of a config file, checked and converted, by dest.
@@ -76,11 +96,11 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         Exits through :meth:`error` (status 2, one line) when the file is missing, is
         not a YAML mapping, or has an unknown key or a value of the wrong type.
         """
-        path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(read_config_text(str(path)))
         except OSError as error:
-            self.error(f"--config {path}: cannot read it ({error.strerror or error})")
+            self.error(f"--config {path}: cannot read it ({error.strerror or error}; packaged recipes: "
+                       f"{', '.join(recipe_names())})")
         except yaml.YAMLError as error:
             self.error(f"--config {path}: not valid YAML ({' '.join(str(error).split())})")
         if loaded is None:
@@ -90,11 +110,11 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         actions = self.settable()
         values = {}
         for key, value in loaded.items():
-            dest = str(key).replace("-", "_")
-            if dest not in actions:
-                valid = ", ".join(sorted(a.option_strings[-1].lstrip("-") for a in actions.values()))
+            action = actions.get(str(key).replace("-", "_"))
+            if action is None:
+                valid = ", ".join(sorted({a.option_strings[0].lstrip("-") for a in actions.values()}))
                 self.error(f"--config {path}: unknown key {key!r}; valid keys are: {valid}")
-            values[dest] = self._config_value(actions[dest], f"--config {path}: {key}", value)
+            values[action.dest] = self._config_value(action, f"--config {path}: {key}", value)
         return values
 
     def _config_value(self, action: argparse.Action, where: str, value: Any) -> Any:
@@ -103,12 +123,15 @@ class ConfigArgumentParser(argparse.ArgumentParser):
                 self.error(f"{where} must be true or false, got {value!r}")
             return value
         if value is None:
-            if action.default is None:
+            if getattr(action, "nullable", action.default is None):
                 return None
-            self.error(f"{where} must not be null (its default is {action.default!r})")
+            self.error(f"{where} must not be null")
         if action.nargs in ("*", "+") or isinstance(action.nargs, int):
-            items = value if isinstance(value, list) else self.error(f"{where} must be a list, got {value!r}")
-            return [self._scalar(action, where, item) for item in items]
+            if not isinstance(value, list) or (isinstance(action.nargs, int) and len(value) != action.nargs):
+                count = f"{action.nargs} values" if isinstance(action.nargs, int) else "values"
+                self.error(f"{where} must be a list of {count}, got {value!r}")
+            items = [self._scalar(action, where, item) for item in value]
+            return tuple(items) if isinstance(action.nargs, int) else items
         return self._scalar(action, where, value)
 
     def _scalar(self, action: argparse.Action, where: str, value: Any) -> Any:

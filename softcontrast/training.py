@@ -22,6 +22,7 @@ from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatch
 from softcontrast.evaluation import knn_accuracy, step_diagnostics
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights, loss_parts
 from softcontrast.methods.base import ContrastiveMethod
+from softcontrast.settings import SettingError, check_choice, setting
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,86 +54,64 @@ def make_accelerator(
 
 @dataclass
 class TrainConfig:
-    """Settings of a training run.
+    """Settings of a training run: the optimizer, the schedule, checkpoints and the kNN monitor.
 
-    Attributes:
-        epochs: total epochs (sets the schedules).
-        batch_size: images per process per step.
-        optimizer: ``sgd`` or ``adamw``.
-        lr: learning rate for a global batch of 256, scaled linearly.
-        weight_decay: weight decay.
-        sgd_momentum: SGD momentum.
-        warmup_epochs: linear warm-up before the per-step cosine decay.
-        seed: seed of the weights and data order (the same on every process), and of
-            the method's random streams: augmentations per process (from the seed and
-            the process index), shuffle-BN and mixup permutations shared by all.
-        output_dir: where checkpoints, metrics and the exported backbone go.
-        checkpoint_every: save a checkpoint every this many epochs (0: only at the end).
-        checkpoint_every_steps: also save every this many optimizer steps (0: never);
-            resuming from one continues mid-epoch exactly.
-        keep_checkpoints: complete checkpoints kept after each save (0 keeps all).
-        stop_after_epochs: stop this invocation after this many epochs (resume later).
-        knn_every: kNN monitor every this many epochs (0: before and after training only).
-        knn_k: neighbours of the kNN monitor.
-        knn_temperature: temperature of the kNN monitor.
-        log_every: steps between logged metrics. NaN and infinity are caught at every
-            step on the device; the check is read when logging and before any save, and
-            the losses of the steps since the last logging point are read then, in one go
-            (between logging points a step never waits for the host).
-        resume: a checkpoint folder; ``latest`` for the newest complete one in
-            ``output_dir`` (an error if there is none); ``auto`` for the newest if
-            there is one, else a fresh start.
-        resident_data: hold an in-memory dataset on the training device.
-        num_workers: loader workers for streamed image folders.
-        compile: ``torch.compile`` the online and momentum encoders.
-        label_diagnostics: when the training split has labels, log at each logging point
-            how that step's target treats same-class columns (never used for training;
-            :func:`~softcontrast.evaluation.step_diagnostics`).
+    Each field's doc is its command-line flag's help (:func:`~softcontrast.settings.setting`).
+    The seed sets the weights and data order (the same on every process) and the method's
+    random streams: augmentations per process (from the seed and the process index),
+    shuffle-BN and mixup permutations shared by all. NaN and infinity are caught at every
+    step on the device; the check is read when logging and before any save, and the losses
+    of the steps since the last logging point are read then, in one go (between logging
+    points a step never waits for the host).
     """
 
-    epochs: int = 100
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.06
-    weight_decay: float = 5e-4
-    sgd_momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    output_dir: str = "runs/default"
-    checkpoint_every: int = 1
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    stop_after_epochs: int | None = None
-    knn_every: int = 0
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    log_every: int = 10
-    resume: str | None = None
-    resident_data: bool = True
-    num_workers: int = 4
-    compile: bool = False
-    label_diagnostics: bool = True
+    epochs: int = setting(100, "total epochs (sets the schedules)")
+    batch_size: int = setting(256, "images per process per step")
+    optimizer: str = setting("sgd", "the optimizer", choices=("sgd", "adamw"))
+    lr: float = setting(0.06, "learning rate for a global batch of 256 (scaled linearly)")
+    weight_decay: float = setting(5e-4, "weight decay")
+    sgd_momentum: float = setting(0.9, "SGD momentum", cli=False)
+    warmup_epochs: float = setting(0.0, "epochs of linear warm-up before the per-step cosine decay")
+    seed: int = setting(0, "seed of the weights, the data order and the method's random streams")
+    output_dir: str = setting("runs/default", "where checkpoints, metrics and the exported backbone go", cli=False)
+    checkpoint_every: int = setting(1, "epochs between checkpoints (0: only at the end)")
+    checkpoint_every_steps: int = setting(
+        0, "also save every this many optimizer steps (0: never); resuming from one continues mid-epoch exactly")
+    keep_checkpoints: int = setting(3, "complete checkpoints kept after each save (0: all)")
+    stop_after_epochs: int | None = setting(None, "stop this invocation after this many epochs (resume later)")
+    knn_every: int = setting(0, "epochs between kNN evaluations (0: before and after training only)")
+    knn_k: int = setting(200, "neighbours of the kNN monitor")
+    knn_temperature: float = setting(0.1, "temperature of the kNN monitor", cli=False)
+    log_every: int = setting(10, "steps between logged metrics")
+    resume: str | None = setting(
+        None, "checkpoint folder; 'latest' (newest complete one, error if none); 'auto' (latest if any, else fresh)")
+    resident_data: bool = setting(True, "hold an in-memory dataset on the training device", cli=False)
+    num_workers: int = setting(4, "loader workers for streamed image folders")
+    compile: bool = setting(False, "torch.compile the online and momentum encoders")
+    label_diagnostics: bool = setting(
+        True, "when the training split has labels, log how each step's target treats same-class columns "
+              "(never used for training)", cli=False)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise SettingError("epochs", f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+            raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
+        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise SettingError("lr", f"lr must be > 0, got {self.lr}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+            raise SettingError("warmup_epochs", f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
         if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
-        if self.checkpoint_every < 0 or self.checkpoint_every_steps < 0:
-            raise ValueError(
-                f"checkpoint_every and checkpoint_every_steps must be >= 0, got {self.checkpoint_every} "
-                f"and {self.checkpoint_every_steps}"
-            )
+            raise SettingError("log_every", f"log_every must be >= 1, got {self.log_every}")
+        if self.checkpoint_every < 0:
+            raise SettingError("checkpoint_every", f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.checkpoint_every_steps < 0:
+            raise SettingError("checkpoint_every_steps",
+                               f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         if self.keep_checkpoints < 0:
-            raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
+            raise SettingError("keep_checkpoints",
+                               f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
 
 
 @dataclass

@@ -29,11 +29,13 @@ from softcontrast.checkpoints import (
     list_checkpoints,
     rewind_metrics,
 )
-from softcontrast.cli import USER_ERRORS, build_parser, main, resolve_data_defaults
+from softcontrast.cli import build_parser, resolve, train
+from softcontrast.errors import USER_ERRORS
 from softcontrast.components.augment import for_image_size, sce_strong, sce_weak
 from softcontrast.components.backbones import resnet
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights
-from softcontrast.methods import SCE
+from softcontrast.methods import SCE, MoCoConfig
+from softcontrast.methods.registry import _REGISTRY, method_spec, register
 from softcontrast.training import make_accelerator
 
 from conftest import free_port
@@ -344,26 +346,12 @@ def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
 
 # -- one-line CLI errors ---------------------------------------------------------------------------
 
-def moco_factory(backbone, args):
-    sys.path.insert(0, str(ROOT / "examples"))
-    from moco import make_method
-
-    return make_method(backbone, args)
-
-
-def moco_parser():
-    parser = build_parser("test")
-    parser.prog = "moco.py"
-    parser.add_argument("--temperature", type=float, default=0.2)
-    return parser
-
-
 TINY = ["--cpu", "--epochs", "1", "--train-subset", "64", "--batch-size", "16", "--queue-size", "32", "--width", "4"]
 
 
 def user_error(tmp_path: Path, capsys, *flags: str) -> str:
     with pytest.raises(SystemExit) as exit_:
-        main("moco", moco_factory, moco_parser(), [*TINY, "--output-dir", str(tmp_path / "out"), *flags])
+        train("moco", [*TINY, "--output-dir", str(tmp_path / "out"), *flags], prog="moco.py")
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines and lines[-1].startswith("moco.py: error: ") and "Traceback" not in "\n".join(lines)
@@ -379,17 +367,22 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert "cannot write to the output directory" in user_error(tmp_path, capsys, "--output-dir",
                                                                 str(tmp_path / "file" / "run"))
-    settings = {**vars(resolve_data_defaults(moco_parser().parse_args(TINY))), "lr": 0.5}
+    spec = method_spec("moco")
+    settings = {**resolve(spec, vars(build_parser(spec).parse_args(TINY))).saved(64), "lr": 0.5}
     write_checkpoint(tmp_path / "out" / "checkpoints" / "step_000000002", 2, 1, settings)
     assert "other settings (lr: checkpoint 0.5, this run 0.3)" in user_error(tmp_path, capsys, "--resume", "latest")
 
 
 def test_programming_errors_keep_their_traceback(tmp_path):
-    def broken_factory(backbone, args):
+    def broken_build(config, backbone, setup):
         raise TypeError("a bug")
 
-    with pytest.raises(TypeError, match="a bug"):
-        main("moco", broken_factory, moco_parser(), [*TINY, "--output-dir", str(tmp_path)])
+    register("broken", MoCoConfig, broken_build)
+    try:
+        with pytest.raises(TypeError, match="a bug"):
+            train("broken", [*TINY, "--output-dir", str(tmp_path)])
+    finally:
+        del _REGISTRY["broken"]
 
 
 def test_checkpoint_errors_are_the_kinds_the_cli_reports():

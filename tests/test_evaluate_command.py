@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TINY = ["--epochs", "1", "--train-subset", "128", "--batch-size", "32", "--queue-size", "64", "--width", "8"]
+TINY = ["--epochs", "1", "--train-subset", "128", "--batch-size", "32", "--width", "8"]
 
 
 def evaluate(*args):

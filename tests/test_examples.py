@@ -9,19 +9,21 @@ import pytest
 
 from accelerate.utils import set_seed
 
-from softcontrast.cli import build_parser, views_of
+from softcontrast.cli import build_parser, resolve
 from softcontrast.components.augment import for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import resnet
 from softcontrast.data import load_source
 from softcontrast.evaluation import knn_accuracy
+from softcontrast.methods.registry import method_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize("script", ["moco", "sce", "fnc", "sane"])
 def test_example_trains_and_reports_knn(script, tmp_path):
+    queue = [] if script == "fnc" else ["--queue-size", "64"]  # published FNC keeps a view memory, no queue
     command = [sys.executable, str(EXAMPLES / f"{script}.py"), "--epochs", "1", "--train-subset", "128",
-               "--batch-size", "32", "--queue-size", "64", "--width", "8", "--output-dir", str(tmp_path)]
+               "--batch-size", "32", *queue, "--width", "8", "--output-dir", str(tmp_path)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -45,11 +47,26 @@ def seeded_random_init_knn() -> float:
     return knn_accuracy(backbone, splits.train.subset(128, seed=0), splits.test, for_image_size(moco_v2_cifar(), 12))
 
 
+def views(*argv: str):
+    spec = method_spec("moco")
+    return resolve(spec, vars(build_parser(spec).parse_args(list(argv)))).data.view(moco_v2_cifar())
+
+
 def test_view_flags_default_to_no_flip_on_digits_only():
-    parser = build_parser("test")
-    (digits,) = views_of(parser.parse_args([]), moco_v2_cifar())
+    digits = views()
     assert digits.flip_p == 0.0 and digits.crop_scale == (0.8, 1.0) and digits.size == 12
-    (folder,) = views_of(parser.parse_args(["--dataset", "imagefolder:x", "--view-size", "32"]), moco_v2_cifar())
+    folder = views("--dataset", "imagefolder:x", "--view-size", "32")
     assert folder.flip_p == 0.5 and folder.crop_scale == (0.2, 1.0) and folder.size == 32
-    (chosen,) = views_of(parser.parse_args(["--flip-p", "0.3", "--crop-min-scale", "0.4"]), moco_v2_cifar())
+    chosen = views("--flip-p", "0.3", "--crop-min-scale", "0.4")
     assert chosen.flip_p == 0.3 and chosen.crop_scale == (0.4, 1.0)
+
+
+def test_fnc_variant_moco_trains_fnc_on_moco(tmp_path):
+    command = [sys.executable, str(EXAMPLES / "fnc.py"), "--variant", "moco", "--epochs", "1", "--train-subset", "64",
+               "--batch-size", "16", "--queue-size", "32", "--width", "4", "--detection-views", "2",
+               "--knn-k", "5", "--output-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["method"] == "fnc-moco"
+    saved = json.loads(next(tmp_path.rglob("run_config.json")).read_text())
+    assert saved["detection_views"] == 2 and saved["queue_size"] == 32 and saved["temperature"] == 0.2

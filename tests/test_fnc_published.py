@@ -1,9 +1,7 @@
 """FNC as published: the multi-view objective against plain loops, its invariants, the method."""
 
-import importlib.util
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,9 @@ from softcontrast.components.targets.view_false_negatives import (
     view_false_negatives,
     view_fnc_loss,
 )
+from softcontrast.cli import build_parser, make_method, resolve
 from softcontrast.methods import FNC, FNCOnMoCo
+from softcontrast.methods.registry import method_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -332,24 +332,20 @@ def test_example_reports_a_memory_smaller_than_one_block_in_one_line(tmp_path):
 
 
 def test_example_variants_build_the_published_objective_or_the_moco_adaptation():
-    spec = importlib.util.spec_from_file_location("example_fnc", EXAMPLES / "fnc.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    args = Namespace(dataset="digits", view_size=16, crop_min_scale=None, flip_p=None, projector_hidden=32,
-                     projector_out=16, support_views=None, memory_size=None, top_k=10, threshold=0.7,
-                     strategy="eliminate", aggregation="max", search_backend="torch", tau=None, momentum=None,
-                     final_momentum=None, channels_last=False, shuffle_bn=False, split_bn_groups=8,
-                     batch_size=32, queue_size=64, symmetric=False, loss_scale=2.0, variant="paper",
-                     column_layout="published")
-    paper = example.make_method(resnet("resnet18", width=4), args)
+    def build(name, *flags):
+        spec = method_spec(name)
+        given = build_parser(spec).parse_args(["--view-size", "16", "--projector-hidden", "32", "--projector-out", "16",
+                                               "--strategy", "eliminate", "--batch-size", "32", *flags])
+        return make_method(resolve(spec, vars(given)), resnet("resnet18", width=4))
+
+    paper = build("fnc")
     assert type(paper) is FNC and paper.num_views == 10 and paper.queue.capacity == 16 * 32
     assert (paper.temperature, paper.momentum) == (0.1, 0.999)
-    moco = example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco"}))
+    moco = build("fnc-moco", "--queue-size", "64")
     assert type(moco) is FNCOnMoCo and moco.support_views == 4 and moco.queue.capacity == 64
     assert (moco.temperature, moco.momentum) == (0.2, 0.99)
     with pytest.raises(ValueError, match="support_views"):
-        example.make_method(resnet("resnet18", width=4), Namespace(**{**vars(args), "variant": "moco",
-                                                                       "support_views": 0}))
+        build("fnc-moco", "--detection-views", "0")
 
 
 def test_column_search_keeps_one_index_and_asks_for_no_more_than_the_filled_columns(recording_search):

@@ -25,7 +25,9 @@ from softcontrast.components.targets import (
     refined_label,
     self_labeling_target,
 )
+from softcontrast.cli import build_parser, resolve
 from softcontrast.methods import SANE
+from softcontrast.methods.registry import method_spec
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
 SCRIPT = Path(__file__).parent / "distributed" / "sane_two_process.py"
@@ -393,21 +395,22 @@ def test_a_cli_user_gets_one_line_naming_the_flag(tmp_path):
 
 # --- recipes -----------------------------------------------------------------------------------
 
-RECIPES = EXAMPLE.parent / "recipes"
-SIZING = ("dataset", "train-subset", "view-size", "backbone", "width", "projector-hidden", "projector-out",
-          "epochs", "batch-size", "optimizer", "lr", "weight-decay", "warmup-epochs", "shuffle-bn",
-          "split-bn-groups", "knn-every", "knn-k", "momentum", "queue-size")
-PAPER = {"tau": 0.2, "tau-prime": 0.8, "mu-start": 0.0, "mu-end": 1.0, "mixup-kappa": 2.0, "lam": 0.5,
-         "queue-size": 4096, "momentum": 0.99}
+SIZING = ("dataset", "train_subset", "view_size", "backbone", "width", "projector_hidden", "projector_out",
+          "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "shuffle_bn",
+          "split_bn_groups", "knn_every", "knn_k", "momentum", "queue_size")
+PAPER = {"temperature": 0.2, "tau_prime": 0.8, "mu_start": 0.0, "mu_end": 1.0, "mixup_kappa": 2.0, "lam": 0.5,
+         "queue_size": 4096, "momentum": 0.99}
+
+
+def recipe_settings(method: str, recipe: str) -> dict:
+    spec = method_spec(method)
+    return resolve(spec, vars(build_parser(spec).parse_args(["--config", recipe]))).saved()
 
 
 def test_the_recipes_hold_the_papers_settings_and_the_cpu_one_the_shared_cpu_budget():
-    import yaml
-
-    full = yaml.safe_load((RECIPES / "sane_cifar10.yaml").read_text())
-    cpu = yaml.safe_load((RECIPES / "sane_cifar10-cpu.yaml").read_text())
-    sce_cpu = yaml.safe_load((RECIPES / "sce_cifar10-cpu.yaml").read_text())
+    full, cpu = recipe_settings("sane", "sane_cifar10"), recipe_settings("sane", "sane_cifar10-cpu")
+    sce_cpu = recipe_settings("sce", "sce_cifar10-cpu")
     for recipe in (full, cpu):
         assert {key: recipe[key] for key in PAPER} == PAPER
-    assert (full["batch-size"], full["lr"], full["weight-decay"], full["width"]) == (256, 0.03, 1e-4, 64)
-    assert {key: cpu.get(key) for key in SIZING} == {key: sce_cpu.get(key) for key in SIZING}
+    assert (full["batch_size"], full["lr"], full["weight_decay"], full["width"]) == (256, 0.03, 1e-4, 64)
+    assert {key: cpu[key] for key in SIZING} == {key: sce_cpu[key] for key in SIZING}

@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``softcontrast`` console script; user errors exit with one line and status 2."""
-    from softcontrast.cli import DATA_DEFAULTS, USER_ERRORS
+    from softcontrast.errors import USER_ERRORS
+    from softcontrast.run_settings import DATA_DEFAULTS
 
     parser = build_parser()
     args = parser.parse_args(argv)
