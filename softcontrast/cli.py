@@ -215,7 +215,7 @@ def run(settings: Settings) -> TrainResult:
     trainer = Trainer(method, config, accelerator, run_config=settings.saved(len(splits.train)))
     result = trainer.fit(splits.train, splits.test)
     if accelerator.is_main_process:
-        recipe = method.query_view if hasattr(method, "query_view") else method.query_augment.recipe
+        recipe = method.query_view
         baselines = run_baselines(settings, splits.train, splits.test, result, recipe, accelerator.device)
         summary = {
             "method": settings.method,

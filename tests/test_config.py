@@ -129,7 +129,7 @@ def test_every_recipe_parses_and_builds_its_method(recipe):
     assert method.query_size == settings.data.view_size
     assert method.momentum == settings.config.momentum and method.temperature == settings.config.temperature
     if hasattr(settings.config, "queue_size"):
-        assert method.queue.capacity == settings.config.queue_size
+        assert method.memory.capacity == settings.config.queue_size
 
 
 def test_a_run_saves_the_settings_it_resolved_from_file_and_flags(tmp_path):
