@@ -3,14 +3,18 @@
 What they draw:
 
 * unit embeddings with exact duplicates, near-duplicates and antipodal pairs, among
-  the keys, the queue, the queries and the support views;
-* a real :class:`MemoryQueue` at every fill level (``empty``, ``partial``, ``full``,
-  ``wrapped``) reached by enqueueing batches of random sizes;
-* sample ids with collisions: queue entries that carry a row's id (older keys of
-  the same image), ids repeated inside the queue;
+  the keys, the memory, the queries and the support views;
+* a real :class:`~softcontrast.components.memory.Memory` at every fill level
+  (``empty``, ``partial``, ``full``, ``wrapped``) reached by enqueueing batches of
+  random sizes;
+* sample ids with collisions: memory entries that carry a row's id (older keys of
+  the same image), ids repeated inside the memory;
 * temperatures from 0.01 to 10, the ends included;
 * every target builder with legal hyperparameters (:func:`builders`), both column
-  layouts, and every mixer (:func:`mixers`) with its sampled parameters.
+  layouts (:class:`~softcontrast.components.columns.Columns` ``[block | memory]`` and
+  ``[k_i | memory]``), and every mixer (:func:`mixers`) with its sampled parameters;
+* multi-view steps (:func:`view_steps`): ``V`` momentum views per image against a
+  memory of view entries, with anchors that are column views or no column.
 
 Values come from a seeded ``torch.Generator``; hypothesis draws the structure (sizes,
 which rows are copies of which, ids, hyperparameters), so examples shrink well and
@@ -26,9 +30,9 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import Tensor
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns, Rows
+from softcontrast.components.memory import Memory
 from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup
-from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.targets import (
     FalseNegativeCancellation,
     InfoNCE,
@@ -64,30 +68,39 @@ class Step:
         queries: ``B×D`` unit query embeddings (the online side, gets gradients).
         keys: ``B×D`` unit momentum keys.
         ids: ``B`` distinct sample ids of the rows.
-        queue: a real queue filled by :meth:`MemoryQueue.enqueue`.
-        support: ``B×S×D`` unit support views, the key first (FNC's input).
-        in_batch: the column layout.
-        fill: the queue's fill level, one of :data:`FILL_LEVELS`.
+        memory: a real memory filled by :meth:`Memory.enqueue`.
+        support: ``B×S×D`` unit detection embeddings, the key first (FNC's input).
+        in_batch: the column layout: ``[batch keys | memory]`` (``True``) or ``[k_i | memory]``.
+        fill: the memory's fill level, one of :data:`FILL_LEVELS`.
     """
 
     queries: Tensor
     keys: Tensor
     ids: Tensor
-    queue: MemoryQueue
+    memory: Memory
     support: Tensor
     in_batch: bool
     fill: str
 
-    def columns(self) -> LogitColumns:
-        """The step's columns, laid out by :meth:`LogitColumns.build`."""
-        return LogitColumns.build(self.keys, self.ids, self.queue, self.in_batch)
+    def columns(self) -> Columns:
+        """The step's columns, laid out by :meth:`Columns.build` (one key view per image)."""
+        return Columns.build(self.keys[:, None], self.ids, self.memory, batch_negatives=self.in_batch)
+
+    def rows(self, columns: Columns) -> Rows:
+        """The query rows of ``columns`` (the queries are no column), with keys and detectors."""
+        return columns.rows(self.ids, [None], keys=self.keys, detectors=self.support)
+
+    def layout(self) -> tuple[Columns, Rows]:
+        """The step's columns and query rows."""
+        columns = self.columns()
+        return columns, self.rows(columns)
 
     def to(self, dtype: torch.dtype) -> "Step":
-        """The same step with embeddings (and the queue) in ``dtype``."""
-        queue = MemoryQueue(self.queue.capacity, self.keys.shape[1]).to(dtype)
-        queue.load_state_dict({name: value.to(dtype) if value.is_floating_point() else value
-                               for name, value in self.queue.state_dict().items()})
-        return Step(self.queries.to(dtype), self.keys.to(dtype), self.ids, queue, self.support.to(dtype),
+        """The same step with embeddings (and the memory) in ``dtype``."""
+        memory = Memory(self.memory.capacity, self.keys.shape[1]).to(dtype)
+        memory.load_state_dict({name: value.to(dtype) if value.is_floating_point() else value
+                                for name, value in self.memory.state_dict().items()})
+        return Step(self.queries.to(dtype), self.keys.to(dtype), self.ids, memory, self.support.to(dtype),
                     self.in_batch, self.fill)
 
 
@@ -136,7 +149,7 @@ def steps(draw, in_batch: bool | None = None, fill: str | None = None, max_batch
 
     ids = torch.tensor(draw(st.lists(st.integers(0, MAX_ID), min_size=batch, max_size=batch, unique=True)))
     keys = _related_units(draw, generator, batch, dim, [])
-    queue = MemoryQueue(capacity, dim)
+    memory = Memory(capacity, dim)
     remaining = _fill_count(draw, fill, capacity)
     queued: list[Tensor] = []
     while remaining:
@@ -144,13 +157,62 @@ def steps(draw, in_batch: bool | None = None, fill: str | None = None, max_batch
         entries = _related_units(draw, generator, chunk, dim, keys + queued)
         # Ids collide on purpose: a row's id (an older key of that image) or any id.
         entry_ids = [draw(st.one_of(st.sampled_from(ids.tolist()), st.integers(0, MAX_ID))) for _ in range(chunk)]
-        queue.enqueue(torch.stack(entries), torch.tensor(entry_ids))
+        memory.enqueue(torch.stack(entries), torch.tensor(entry_ids))
         queued += entries
         remaining -= chunk
     queries = _related_units(draw, generator, batch, dim, keys + queued)
     others = [_related_units(draw, generator, views - 1, dim, keys + queued) for _ in range(batch)]
     support = torch.stack([torch.stack([key] + extra) for key, extra in zip(keys, others)])
-    return Step(torch.stack(queries), torch.stack(keys), ids, queue, support, in_batch, fill)
+    return Step(torch.stack(queries), torch.stack(keys), ids, memory, support, in_batch, fill)
+
+
+@dataclass
+class ViewStep:
+    """A multi-view step: ``V`` momentum views per image against a memory of view entries.
+
+    Attributes:
+        momentum: ``B×V×D`` unit momentum embeddings (the block; also the detectors).
+        ids: ``B`` distinct sample ids.
+        memory: a real memory of view entries whose ids collide with the batch's.
+        own_views: per anchor, the column view it is, or ``None`` (no column).
+        memory_counts_block: the columns read the memory as published (``[block | memory[:−G·V]]``).
+    """
+
+    momentum: Tensor
+    ids: Tensor
+    memory: Memory
+    own_views: list[int | None]
+    memory_counts_block: bool
+
+    def layout(self) -> tuple[Columns, Rows]:
+        """The step's columns (shared layout) and anchor rows, with the momentum views as detectors."""
+        columns = Columns.build(self.momentum, self.ids, self.memory, memory_counts_block=self.memory_counts_block)
+        return columns, columns.rows(self.ids, self.own_views, detectors=self.momentum)
+
+
+@st.composite
+def view_steps(draw, min_views: int = 1, max_views: int = 4, max_batch: int = 4) -> ViewStep:
+    """A :class:`ViewStep` at any fill level, with either memory order and any anchors."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    batch = draw(st.integers(1, max_batch))
+    views = draw(st.integers(min_views, max_views))
+    dim = draw(st.integers(2, 6))
+    ids = torch.tensor(draw(st.lists(st.integers(0, MAX_ID), min_size=batch, max_size=batch, unique=True)))
+    momentum = torch.stack([torch.stack(_related_units(draw, generator, views, dim, [])) for _ in range(batch)])
+    counts_block = draw(st.booleans())
+    block = batch * views
+    capacity = draw(st.one_of(st.just(0), st.integers(block if counts_block else 1, block + 12)))
+    memory = Memory(capacity, dim)
+    remaining = _fill_count(draw, draw(st.sampled_from(FILL_LEVELS)), capacity) if capacity > 1 else capacity
+    while remaining:
+        chunk = draw(st.integers(1, remaining))
+        entries = _related_units(draw, generator, chunk, dim, list(momentum.reshape(-1, dim)))
+        entry_ids = [draw(st.one_of(st.sampled_from(ids.tolist()), st.integers(0, MAX_ID))) for _ in range(chunk)]
+        memory.enqueue(torch.stack(entries), torch.tensor(entry_ids), torch.randint(0, views, (chunk,),
+                                                                                   generator=generator))
+        remaining -= chunk
+    own_views = draw(st.lists(st.sampled_from([None, *range(views)]), min_size=1, max_size=views + 1))
+    return ViewStep(momentum, ids, memory, own_views, counts_block)
 
 
 KINDS = ("infonce", "sce", "sane", "fnc-eliminate", "fnc-attract")
@@ -226,7 +288,7 @@ class Case:
     def targets(self, step: Step | None = None, params: MixParams | None = None):
         """The builder's targets of ``step`` (default: the case's), mixed if there is a mixer."""
         step = step or self.step
-        targets = self.builder(step.columns(), step.support)
+        targets = self.builder(*step.layout())
         if self.mixer is None:
             return targets
         return self.mixer.mix_targets(targets, params or self.params)

@@ -10,18 +10,18 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar, to_float
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
 from softcontrast.components.bank import EmbeddingBank
-from softcontrast.components.multiview import ViewColumns, ViewMemory, embed_views
-from softcontrast.components.targets.view_false_negatives import (
-    ViewFalseNegatives,
-    view_false_negatives,
-    view_fnc_loss,
-)
+from softcontrast.components.columns import Columns
+from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.memory import Memory
+from softcontrast.components.multiview import embed_views
+from softcontrast.components.targets import FalseNegativeCancellation
+from softcontrast.components.targets.false_negatives import column_false_negatives
+from softcontrast.evaluation import step_diagnostics
 from softcontrast.cli import build_parser, make_method, resolve
-from softcontrast.methods import FNC, FNCOnMoCo
-from softcontrast.methods.registry import method_spec
+from softcontrast.methods import Setup, method_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -36,7 +36,7 @@ def step(seed, images, views, fill, capacity, dim=4, own_copies=0, dtype=torch.f
     anchors = unit(images, views, dim, generator=generator, dtype=dtype)
     momentum = unit(images, views, dim, generator=generator, dtype=dtype)
     ids = torch.arange(images) * 2
-    memory = ViewMemory(capacity, dim).to(dtype)
+    memory = Memory(capacity, dim).to(dtype)
     if fill:
         memory.enqueue(unit(fill, dim, generator=generator, dtype=dtype),
                        torch.randint(0, 2 * images + 3, (fill,), generator=generator),
@@ -47,14 +47,17 @@ def step(seed, images, views, fill, capacity, dim=4, own_copies=0, dtype=torch.f
     return anchors, momentum, ids, memory
 
 
-def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0, **layout):
+def library_loss(anchors, momentum, ids, memory, builder, temperature, scale=2.0, memory_counts_block=True,
+                 gradient=False):
+    """The step's FNC loss: every view an anchor and a column (its own masked), the momentum
+    views the detectors; ``scale ×`` the soft cross-entropy of ``z·cᵀ/T`` against the target."""
     images, views, dim = anchors.shape
-    columns = ViewColumns.build(momentum, ids, memory, **layout)
-    found = builder.false_negatives(columns, momentum, ids)
-    layout = columns.layout(ids.repeat_interleave(views), columns.own_columns(images))
-    targets = builder(columns, layout, found.repeat_interleave(views, dim=0))
-    loss = view_fnc_loss(anchors.reshape(images * views, dim), columns, targets, temperature, scale)
-    return loss, columns, found, layout, targets
+    columns = Columns.build(momentum, ids, memory, memory_counts_block=memory_counts_block, gradient=gradient)
+    rows = columns.rows(ids, list(range(views)), detectors=momentum)
+    targets = builder(columns, rows)
+    logits = columns.scores(anchors.reshape(images * views, dim)) / temperature
+    loss = scale * soft_cross_entropy(logits, targets.target, targets.mask)
+    return loss, columns, targets.found, rows, targets
 
 
 def slots(memory):
@@ -102,7 +105,7 @@ def test_loss_equals_the_equations_in_plain_loops_in_float64(strategy, aggregati
                                           dtype=torch.float64)
     assert memory.filled == 6 and (memory.ids == ids[0]).any()
     threshold = -0.05
-    builder = ViewFalseNegatives(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation)
+    builder = FalseNegativeCancellation(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation)
     # this library's layout (the block in front of every memory slot): a 6-entry memory behind a 9-entry block
     loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1,
                                               memory_counts_block=False)
@@ -113,7 +116,7 @@ def test_loss_equals_the_equations_in_plain_loops_in_float64(strategy, aggregati
 
 
 def aggregated(momentum, columns, aggregation):
-    per_view = torch.einsum("bvd,nd->bvn", momentum, columns.embeddings)
+    per_view = torch.einsum("bvd,nd->bvn", momentum, columns.shared)
     return per_view.amax(dim=1) if aggregation == "max" else per_view.mean(dim=1)
 
 
@@ -127,9 +130,9 @@ def test_the_memory_counts_the_block_as_published_in_float64(strategy):
     """Columns ``[block | memory[:-V·B]]`` of an official memory of ``capacity`` rows, step after step."""
     images, views, dim, capacity = 2, 3, 4, 16  # blocks of 6 entries, which do not divide the memory
     generator = torch.Generator().manual_seed(3)
-    memory = ViewMemory(capacity, dim).to(torch.float64)
+    memory = Memory(capacity, dim).to(torch.float64)
     official = [(torch.zeros(dim, dtype=torch.float64), -1, -1)] * capacity  # (embedding, id, view), head first
-    builder = ViewFalseNegatives(top_k=3, threshold=-0.2, strategy=strategy)
+    builder = FalseNegativeCancellation(top_k=3, threshold=-0.2, strategy=strategy)
     for _ in range(5):
         anchors = unit(images, views, dim, generator=generator, dtype=torch.float64)
         momentum = unit(images, views, dim, generator=generator, dtype=torch.float64)
@@ -138,7 +141,7 @@ def test_the_memory_counts_the_block_as_published_in_float64(strategy):
         block = [(momentum[g, v], int(ids[g]), v) for g in range(images) for v in range(views)]
         official = block + official[:-len(block)]
         assert columns.num_columns == capacity
-        assert torch.equal(columns.embeddings, torch.stack([embedding for embedding, _, _ in official]))
+        assert torch.equal(columns.shared, torch.stack([embedding for embedding, _, _ in official]))
         assert columns.ids.tolist() == [column_id for _, column_id, _ in official]
         assert columns.views.tolist() == [view for _, _, view in official]
         older = [(embedding, column_id) for embedding, column_id, _ in official[len(block):]]
@@ -152,12 +155,8 @@ def test_the_memory_counts_the_block_as_published_in_float64(strategy):
 def test_without_memory_the_online_views_are_columns_and_detectors_with_gradient_in_float64(strategy):
     anchors, _, ids, _ = step(seed=5, images=3, views=3, fill=0, capacity=0, dtype=torch.float64)
     anchors.requires_grad_()
-    builder = ViewFalseNegatives(top_k=2, threshold=-0.1, strategy=strategy)
-    columns = ViewColumns.build(anchors, ids, gradient=True)
-    found = builder.false_negatives(columns, anchors, ids)
-    layout = columns.layout(ids.repeat_interleave(3), columns.own_columns(3))
-    targets = builder(columns, layout, found.repeat_interleave(3, dim=0))
-    loss = view_fnc_loss(anchors.reshape(9, -1), columns, targets, 0.1)
+    builder = FalseNegativeCancellation(top_k=2, threshold=-0.1, strategy=strategy)
+    loss, columns, found, _, _ = library_loss(anchors, anchors, ids, None, builder, 0.1, gradient=True)
     (grad,) = torch.autograd.grad(loss, anchors)
     expected = loop_loss(anchors, anchors, ids, [], 2, -0.1, strategy, 0.1)
     (expected_grad,) = torch.autograd.grad(expected, anchors)
@@ -166,22 +165,29 @@ def test_without_memory_the_online_views_are_columns_and_detectors_with_gradient
     assert 0 < found.sum() < found.numel()
 
 
+def fnc(**config):
+    """FNC as published (the registry's ``fnc``) on a width-4 ResNet-18 with 16-px views."""
+    bank, global_batch = config.pop("bank", None), config.pop("global_batch", 256)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 16), global_batch=global_batch, bank=bank)
+    return method_spec("fnc")(resnet("resnet18", width=4), setup=setup, **config)
+
+
 def test_published_fnc_without_memory_trains_through_the_online_columns_in_float64():
     """The method's gradient equals the plain loop with the online views as columns and detectors;
     ``column_layout="library"`` (momentum columns) gives the same loss and the gradient without them."""
+    assert fnc(memory_size=0).online_columns and not fnc(memory_size=0, column_layout="library").online_columns
     torch.manual_seed(0)
-    method = FNC(resnet("resnet18", width=4), support_views=1, top_k=2, threshold=0.0, memory_size=0,
-                 view=for_image_size(moco_v2_cifar(), 16)).double()
+    method = fnc(support_views=1, top_k=2, threshold=0.0, memory_size=0).double()
     images, ids = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.arange(4)
     parameters = list(method.online.parameters())
-    for layout, columns_of in (("published", lambda z: z), ("library", lambda z: z.detach())):
-        method.column_layout = layout
+    for online_columns, columns_of in ((True, lambda z: z), (False, lambda z: z.detach())):
+        method.online_columns = online_columns  # published, then the library layout
         state = method.streams.state_dict()
         views = method.views(images, method.streams.local)
         method.streams.load_state_dict(state)  # the step draws the same views
         loss = method(images, ids).loss
         grads = torch.autograd.grad(loss, parameters)
-        anchors = embed_views(method._encode_online, views).transpose(0, 1)  # z (train-mode BN: batch statistics)
+        anchors = embed_views(method.encode, views).transpose(0, 1)  # z (train-mode BN: batch statistics)
         expected = loop_loss(anchors, columns_of(anchors), ids, [], 2, 0.0, "attract", 0.1)
         expected_grads = torch.autograd.grad(expected, parameters)
         assert abs(loss.item() - expected.item()) < 1e-10
@@ -194,9 +200,9 @@ def test_published_fnc_without_memory_trains_through_the_online_columns_in_float
        aggregation=st.sampled_from(["max", "mean"]))
 def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, top_k, threshold, aggregation):
     anchors, momentum, ids, memory = case
-    builder = ViewFalseNegatives(top_k, threshold, aggregation=aggregation)
-    columns = ViewColumns.build(momentum, ids, memory, memory_counts_block=False)
-    found = builder.false_negatives(columns, momentum, ids)
+    builder = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation)
+    columns = Columns.build(momentum, ids, memory, memory_counts_block=False)
+    found = builder.false_negatives(columns, columns.rows(ids, list(range(momentum.shape[1])), detectors=momentum))
     own_or_empty = (columns.ids[None, :] == ids[:, None]) | (columns.ids == -1)[None, :]
     assert not (found & own_or_empty).any()
     assert (found.sum(dim=1) <= top_k).all()
@@ -214,7 +220,7 @@ def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, t
        strategy=st.sampled_from(["attract", "eliminate"]))
 def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, top_k, threshold, strategy):
     anchors, momentum, ids, memory = case
-    builder = ViewFalseNegatives(top_k, threshold, strategy=strategy)
+    builder = FalseNegativeCancellation(top_k, threshold, strategy=strategy)
     loss, columns, found, layout, targets = library_loss(anchors, momentum, ids, memory, builder, 0.1,
                                                          memory_counts_block=False)
     views = anchors.shape[1]
@@ -238,7 +244,7 @@ def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, 
 def test_without_support_views_or_memory_it_is_multi_positive_infonce_over_the_views(seed, images, strategy,
                                                                                      temperature):
     anchors, momentum, ids, _ = step(seed, images, views=2, fill=0, capacity=0)
-    builder = ViewFalseNegatives(threshold=1.0, strategy=strategy)  # no cosine exceeds 1: nothing detected
+    builder = FalseNegativeCancellation(threshold=1.0, strategy=strategy)  # no cosine exceeds 1: nothing detected
     loss, *_ = library_loss(anchors, momentum, ids, None, builder, temperature, scale=1.0)
     z, c = anchors.reshape(-1, anchors.shape[-1]), momentum.reshape(-1, momentum.shape[-1])
     logits = (z @ c.T / temperature).masked_fill(torch.eye(2 * images, dtype=torch.bool), float("-inf"))
@@ -255,8 +261,9 @@ def test_bank_detection_counts_images_and_flags_all_their_view_entries():
     embeddings = unit(8, 4, generator=generator)
     bank = EmbeddingBank(num_samples=8, dim=4, backend="torch")
     bank.update(embeddings, torch.arange(8))
-    columns = ViewColumns.build(momentum, ids, memory)
-    found = ViewFalseNegatives(top_k=1, threshold=-1.0, bank=bank).false_negatives(columns, momentum, ids)
+    columns = Columns.build(momentum, ids, memory, memory_counts_block=True)
+    rows = columns.rows(ids, [0, 1], detectors=momentum)
+    found = FalseNegativeCancellation(top_k=1, threshold=-1.0, bank=bank).false_negatives(columns, rows)
     scores = torch.einsum("bvd,nd->bvn", momentum, embeddings).amax(dim=1)
     scores[torch.arange(2), ids] = -2.0
     for row in range(2):
@@ -266,42 +273,42 @@ def test_bank_detection_counts_images_and_flags_all_their_view_entries():
 
 
 @pytest.mark.parametrize(
-    "kwargs, flag",
-    [({"support_views": -1}, "--support-views"), ({"top_k": 0}, "--top-k"), ({"threshold": 1.5}, "--threshold"),
-     ({"threshold": -1.01}, "--threshold"), ({"memory_size": -1}, "--memory-size"), ({"loss_scale": 0}, "--loss-scale"),
+    "config, field",
+    [({"support_views": -1}, "support_views"), ({"top_k": 0}, "top_k"), ({"threshold": 1.5}, "threshold"),
+     ({"threshold": -1.01}, "threshold"), ({"memory_size": -1}, "memory_size"), ({"loss_scale": 0}, "loss_scale"),
      ({"strategy": "ignore"}, "strategy"), ({"aggregation": "median"}, "aggregation"),
-     ({"column_layout": "ours"}, "--column-layout")],
+     ({"column_layout": "ours"}, "column_layout")],
 )
-def test_bad_settings_name_their_flag(kwargs, flag):
-    with pytest.raises(ValueError, match=flag):
-        FNC(resnet("resnet18", width=4), **kwargs)
+def test_bad_settings_name_their_field(config, field):
+    with pytest.raises(ValueError, match=field) as error:
+        fnc(**config)
+    assert error.value.name == field
 
 
 def test_a_memory_smaller_than_one_block_is_refused():
-    method = FNC(resnet("resnet18", width=4), support_views=2, memory_size=100)
+    method = fnc(support_views=2, memory_size=100)
     method.check_global_batch(25)  # 25 × 4 = 100 entries: fits
-    with pytest.raises(ValueError, match=r"--memory-size.*104"):
+    with pytest.raises(ValueError, match=r"memory_size.*104"):
         method.check_global_batch(26)
-    FNC(resnet("resnet18", width=4), memory_size=0).check_global_batch(1000)  # no memory
+    fnc(memory_size=0).check_global_batch(1000)  # no memory
     with pytest.raises(ValueError, match="smaller than one block"):
-        ViewMemory(3, 2).enqueue(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+        Memory(3, 2).entries(4)  # the published read order needs the memory to hold one block
 
 
 def test_published_defaults():
-    method = FNC(resnet("resnet18", width=4))
-    assert method.num_views == 10 and method.temperature == 0.1 and method.momentum == 0.999
-    assert method.loss_scale == 2.0 and method.queue.capacity == 4096
-    builder = method.target_builder
+    method = fnc()
+    assert len(method.views.recipes) == 10 and method.temperature == 0.1 and method.momentum == 0.999
+    assert method.loss_scale == 2.0 and method.memory.capacity == 16 * 256  # 16 × the global batch
+    assert method.memory_counts_block and not method.online_columns
+    builder = method.targets
     assert (builder.top_k, builder.threshold, builder.strategy, builder.aggregation) == (10, 0.7, "attract", "max")
 
 
 @pytest.mark.parametrize("strategy", ["attract", "eliminate"])
 def test_training_steps_fill_the_memory_with_view_entries_and_report_distinct_images(strategy):
     torch.manual_seed(0)
-    view = for_image_size(moco_v2_cifar(), 16)
-    method = FNC(resnet("resnet18", width=4), support_views=1, top_k=4, threshold=-1.0, memory_size=30,
-                 strategy=strategy, view=view)
-    method.set_diagnostic_labels(torch.arange(16) % 2)
+    method = fnc(support_views=1, top_k=4, threshold=-1.0, memory_size=30, strategy=strategy)
+    labels = torch.arange(16) % 2
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01)
     for index in range(3):
         ids = torch.arange(8) + 8 * (index % 2)
@@ -312,11 +319,11 @@ def test_training_steps_fill_the_memory_with_view_entries_and_report_distinct_im
         optimizer.zero_grad()
         method.after_optimizer_step(index, 3)
     assert torch.isfinite(output.loss)
-    assert method.queue.filled == 30 and set(method.queue.views.tolist()) == {0, 1, 2}
-    _, columns = method.view_columns(method.views(to_float(images)), ids)
+    assert method.memory.filled == 30 and set(method.memory.views.tolist()) == {0, 1, 2}
+    columns = output.columns  # the last step's, with 24 entries in the memory
     assert columns.num_columns == 30 and columns.block_size == 24  # as published: the memory counts the block
-    assert "queue.embeddings" in method.state_dict() and "queue.views" in method.state_dict()
-    metrics = output.metrics
+    assert "memory.embeddings" in method.state_dict() and "memory.views" in method.state_dict()
+    metrics = step_diagnostics(output, labels)
     # threshold -1: top_k = 4 view entries of other images; 3 views each, so 2 to 4 distinct images
     assert 2 <= metrics["false_negatives_per_row"] <= 4
     assert 0 <= metrics["cancelled_precision"] <= 1 and 0 <= metrics["same_class_negatives"] <= 1
@@ -331,7 +338,7 @@ def test_example_reports_a_memory_smaller_than_one_block_in_one_line(tmp_path):
     assert "--memory-size" in completed.stderr.strip().splitlines()[-1] and "Traceback" not in completed.stderr
 
 
-def test_example_variants_build_the_published_objective_or_the_moco_adaptation():
+def test_example_flags_build_the_published_objective_or_the_moco_adaptation():
     def build(name, *flags):
         spec = method_spec(name)
         given = build_parser(spec).parse_args(["--view-size", "16", "--projector-hidden", "32", "--projector-out", "16",
@@ -339,25 +346,39 @@ def test_example_variants_build_the_published_objective_or_the_moco_adaptation()
         return make_method(resolve(spec, vars(given)), resnet("resnet18", width=4))
 
     paper = build("fnc")
-    assert type(paper) is FNC and paper.num_views == 10 and paper.queue.capacity == 16 * 32
+    assert len(paper.views.recipes) == 10 and paper.memory.capacity == 16 * 32
     assert (paper.temperature, paper.momentum) == (0.1, 0.999)
     moco = build("fnc-moco", "--queue-size", "64")
-    assert type(moco) is FNCOnMoCo and moco.support_views == 4 and moco.queue.capacity == 64
+    assert moco.detection_views + 1 == 4 and moco.memory.capacity == 64
     assert (moco.temperature, moco.momentum) == (0.2, 0.99)
-    with pytest.raises(ValueError, match="support_views"):
+    with pytest.raises(ValueError, match="detection_views"):
         build("fnc-moco", "--detection-views", "0")
 
 
+def test_registry_builds_the_published_objective_and_the_moco_adaptation():
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 16), global_batch=32)
+    paper = method_spec("fnc")(resnet("resnet18", width=4), setup=setup, strategy="eliminate")
+    assert len(paper.views.recipes) == 10 and paper.memory.capacity == 16 * 32 and paper.passes[0].anchors == tuple(
+        range(10))
+    assert (paper.temperature, paper.momentum) == (0.1, 0.999)
+    moco = method_spec("fnc-moco")(resnet("resnet18", width=4), setup=setup, strategy="eliminate", queue_size=64)
+    assert moco.detection_views + 1 == 4 and moco.memory.capacity == 64 and not moco.batch_negatives
+    assert (moco.temperature, moco.momentum) == (0.2, 0.99)
+    with pytest.raises(ValueError, match="detection_views"):
+        method_spec("fnc-moco")(resnet("resnet18", width=4), setup=setup, detection_views=0)
+
+
 def test_column_search_keeps_one_index_and_asks_for_no_more_than_the_filled_columns(recording_search):
-    builder = ViewFalseNegatives(top_k=3, threshold=-1.0, backend="faiss-flat")
-    exact = ViewFalseNegatives(top_k=3, threshold=-1.0, backend="torch")
+    builder = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="faiss-flat")
+    exact = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="torch")
     recording, indexes = recording_search("faiss-flat"), []
     for seed in (8, 9):
         _, momentum, ids, memory = step(seed, images=3, views=3, fill=10, capacity=4096, dim=8, own_copies=2)
-        columns = ViewColumns.build(momentum, ids, memory)
-        found = builder.false_negatives(columns, momentum, ids)
-        assert torch.equal(found, exact.false_negatives(columns, momentum, ids))
-        view_false_negatives(columns, momentum, ids, recording, 3, -1.0, "max")
+        columns = Columns.build(momentum, ids, memory, memory_counts_block=True)
+        rows = columns.rows(ids, [0, 1, 2], detectors=momentum)
+        found = builder.false_negatives(columns, rows)
+        assert torch.equal(found, exact.false_negatives(columns, rows))
+        column_false_negatives(columns, momentum, ids, recording, 3, -1.0, "max")
         indexes.append(builder.search.faiss_index)
     assert indexes[0] is indexes[1] and indexes[0].ntotal == 9 + 12  # the block, the filled memory slots
     assert max(recording.asked) <= 9 + 12

@@ -1,9 +1,7 @@
-"""The multi-view mechanism: views, view columns, the memory of view entries, SCE multi-crop, 2 processes."""
+"""The multi-view mechanism: views, view columns and rows, SCE multi-crop, 2 processes."""
 
-import importlib.util
 import json
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,13 @@ import torch.nn.functional as F
 
 from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak, to_float
 from softcontrast.components.backbones import resnet
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns
 from softcontrast.components.losses import soft_cross_entropy
-from softcontrast.components.multiview import MultiViewAugment, SmallCrops, ViewColumns, ViewMemory, embed_views
-from softcontrast.methods import SCE
+from softcontrast.components.memory import Memory
+from softcontrast.components.multiview import MultiViewAugment, SmallCrops, embed_views
+from softcontrast.methods import SCEConfig, Setup, method_spec
 
 SCRIPT = Path(__file__).parent / "distributed" / "multiview_two_process.py"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_views_have_their_own_sizes_and_same_size_views_share_one_encoder_call():
@@ -37,43 +35,35 @@ def test_views_have_their_own_sizes_and_same_size_views_share_one_encoder_call()
         torch.testing.assert_close(embedded[index], view.mean(dim=(2, 3)))
 
 
-def test_memory_wraps_blocks_that_do_not_divide_it_and_is_in_the_state_dict():
-    memory = ViewMemory(capacity=10, dim=2)
-    for step in range(3):  # blocks of 4 view entries: 4, 8, then 2 at the end and 2 at the start
-        ids = torch.arange(4) + 10 * step
-        memory.enqueue(torch.full((4, 2), float(step)), ids, torch.arange(4) % 2)
-    assert memory.ids.tolist() == [22, 23, 2, 3, 10, 11, 12, 13, 20, 21]
-    assert memory.views.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
-    assert memory.pointer == 2 and memory.filled == 10
-    assert {"embeddings", "ids", "views", "pointer", "filled"} <= set(memory.state_dict())
-    empty = ViewMemory(capacity=0, dim=2)
-    empty.enqueue(torch.zeros(4, 2), torch.arange(4), torch.arange(4))
-    assert empty.filled == 0
-
-
 def test_layout_masks_the_own_column_empty_slots_and_older_entries_of_the_same_image():
     momentum = F.normalize(torch.randn(2, 3, 4), dim=-1)
     ids = torch.tensor([5, 7])
-    memory = ViewMemory(capacity=4, dim=4)
+    memory = Memory(capacity=4, dim=4)
     memory.enqueue(torch.randn(3, 4), torch.tensor([5, 9, 7]), torch.tensor([0, 1, 2]))
-    columns = ViewColumns.build(momentum, ids, memory, memory_counts_block=False)  # every slot behind the block
+    columns = Columns.build(momentum, ids, memory, memory_counts_block=False)  # every slot behind the block
     assert columns.ids.tolist() == [5, 5, 5, 7, 7, 7, 5, 9, 7, -1]
     assert columns.views.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, -1]
-    own = columns.own_columns(2)
-    layout = columns.layout(ids.repeat_interleave(3), own)
-    assert own.tolist() == [0, 1, 2, 3, 4, 5]
-    assert layout.positive[0].nonzero().flatten().tolist() == [1, 2]
-    assert layout.positive[4].nonzero().flatten().tolist() == [3, 5]
-    assert layout.mask[0].nonzero().flatten().tolist() == [0, 6, 9]
-    assert layout.mask[4].nonzero().flatten().tolist() == [4, 8, 9]
-    crops = columns.layout(ids, torch.full((2,), -1))  # anchors that are no column: every view is positive
+    rows = columns.rows(ids, [0, 1, 2])
+    assert rows.own.tolist() == [0, 1, 2, 3, 4, 5]
+    assert rows.positive[0].nonzero().flatten().tolist() == [1, 2]
+    assert rows.positive[4].nonzero().flatten().tolist() == [3, 5]
+    assert rows.mask[0].nonzero().flatten().tolist() == [0, 6, 9]
+    assert rows.mask[4].nonzero().flatten().tolist() == [4, 8, 9]
+    crops = columns.rows(ids, [None])  # anchors that are no column: every view is positive
     assert crops.positive[0].nonzero().flatten().tolist() == [0, 1, 2]
+
+
+def sce_view(recipe):
+    """SCE's strong query and weak key views at 16 px."""
+    return sce_strong(16) if recipe == sce_strong() else sce_weak(16)
 
 
 def small_sce(small_crops=None):
     torch.manual_seed(0)
-    return SCE(resnet("resnet18", width=4), queue_size=32, query_view=sce_strong(16), key_view=sce_weak(16),
-               small_crops=small_crops)
+    method = method_spec("sce")(resnet("resnet18", width=4), setup=Setup(view=sce_view), queue_size=32)
+    assert method.views.recipes == [sce_strong(16), sce_weak(16)]
+    method.small_crops = small_crops
+    return method
 
 
 def warm(method, images):
@@ -93,10 +83,11 @@ def reference_contrast(method, images, ids, local):
     """The two-view SCE step recomputed from its components (the step before multi-crop existed),
     with views drawn from ``local``, a copy of the method's local stream before its step."""
     x = to_float(images)
-    query_views, key_views = method.query_augment(x, local), method.key_augment(x, local)
+    query_augment, key_augment = method.views.augments
+    query_views, key_views = query_augment(x, local), key_augment(x, local)
     keys = method.target_encoder(key_views)
-    columns = LogitColumns.build(keys, ids, method.queue)
-    targets = method.target_builder(columns)
+    columns = Columns.build(keys[:, None], ids, method.memory, batch_negatives=False)
+    targets = method.targets(columns, columns.rows(ids, [None], keys=keys))
     query = method.online(query_views)
     return columns, targets, soft_cross_entropy(columns.scores(query) / method.temperature, targets.target,
                                                 targets.mask)
@@ -129,24 +120,20 @@ def test_each_small_crop_is_a_query_with_its_images_target_against_the_same_colu
     torch.testing.assert_close(loss, (query_loss + sum(crop_losses)) / 4)
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_small_crop_flags_build_crops_of_the_query_recipe_and_refuse_bad_values():
-    sce = load_example("sce")
-    args = Namespace(small_crops=6, small_crop_size=None, small_crop_scale=(0.05, 0.14), view_size=224)
-    crops = sce.small_crops_of(args, sce_strong(224))
+def test_small_crop_settings_build_crops_of_the_query_recipe_and_refuse_bad_values():
+    crops = SCEConfig(small_crops=6).crops(sce_strong(224))
     assert crops.count == 6 and crops.augment.recipes[0].size == 96
     assert crops.augment.recipes[0].crop_scale == (0.05, 0.14)
-    assert sce.small_crops_of(Namespace(**{**vars(args), "small_crops": 0}), sce_strong()) is None
-    with pytest.raises(ValueError, match="--small-crops"):
-        sce.small_crops_of(Namespace(**{**vars(args), "small_crops": -1}), sce_strong())
-    with pytest.raises(ValueError, match="--small-crop-scale"):
-        sce.small_crops_of(Namespace(**{**vars(args), "small_crop_scale": (0.5, 0.2)}), sce_strong())
+    assert SCEConfig(small_crops=0).crops(sce_strong()) is None
+    with pytest.raises(ValueError, match="small_crops") as error:
+        SCEConfig(small_crops=-1).crops(sce_strong())
+    assert error.value.name == "small_crops"
+    with pytest.raises(ValueError, match="small_crop_scale") as error:
+        SCEConfig(small_crop_scale=(0.5, 0.2)).crops(sce_strong())
+    assert error.value.name == "small_crop_scale"
+    method = method_spec("sce")(resnet("resnet18", width=4), setup=Setup(view=sce_view), queue_size=32,
+                                small_crops=2, small_crop_size=8)
+    assert method.small_crops.count == 2 and method.small_crops.augment.recipes[0].size == 8
 
 
 @pytest.mark.distributed

@@ -196,6 +196,9 @@ class ContrastiveMethod(nn.Module):
         self.memory = Memory(memory_size, dim)
         self.memory_setting = memory_setting
         self.targets = targets
+        bank = getattr(targets, "bank", None)
+        if isinstance(bank, nn.Module):  # FNC's dataset-wide bank: in checkpoints, moved with the method
+            self.bank = bank
         self.views = MultiViewAugment(views)
         first_column = views[self.passes[0].columns[0]]
         self.detection_views = detection_views

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
-from softcontrast.components.multiview import ViewColumns, ViewMemory
-from softcontrast.components.targets.view_false_negatives import ViewFalseNegatives, view_fnc_loss
+from softcontrast.components.columns import Columns
+from softcontrast.components.losses import soft_cross_entropy
+from softcontrast.components.memory import Memory
+from softcontrast.components.targets import FalseNegativeCancellation
 from softcontrast.data import ImageTensorDataset
-from softcontrast.methods import FNC
+from softcontrast.methods import Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 IMAGES, VIEWS, DIM, MEMORY = 6, 3, 4, 20
@@ -31,7 +33,7 @@ def global_problem():
     anchors = F.normalize(torch.randn(IMAGES, VIEWS, DIM, generator=generator), dim=-1)
     momentum = F.normalize(torch.randn(IMAGES, VIEWS, DIM, generator=generator), dim=-1)
     ids = torch.arange(IMAGES) + 3
-    memory = ViewMemory(MEMORY, DIM)
+    memory = Memory(MEMORY, DIM)
     memory.enqueue(F.normalize(torch.randn(14, DIM, generator=generator), dim=-1),
                    torch.randint(0, 12, (14,), generator=generator), torch.randint(0, VIEWS, (14,), generator=generator))
     return anchors, momentum, ids, memory
@@ -45,14 +47,13 @@ def fnc_step(rows: slice, strategy: str, online: bool = False) -> dict:
     momentum, ids = momentum[rows], ids[rows]
     if online:
         momentum, memory = anchors, None
-    builder = ViewFalseNegatives(top_k=5, threshold=0.0, strategy=strategy)
-    columns = ViewColumns.build(momentum, ids, memory, gradient=online)
-    found = builder.false_negatives(columns, momentum, ids)
-    layout = columns.layout(ids.repeat_interleave(VIEWS), columns.own_columns(ids.shape[0]))
-    targets = builder(columns, layout, found.repeat_interleave(VIEWS, dim=0))
-    loss = view_fnc_loss(anchors.reshape(-1, DIM), columns, targets, temperature=0.1)
+    builder = FalseNegativeCancellation(top_k=5, threshold=0.0, strategy=strategy)
+    columns = Columns.build(momentum, ids, memory, memory_counts_block=True, gradient=online)  # as published
+    rows = columns.rows(ids, list(range(VIEWS)), detectors=momentum)
+    targets = builder(columns, rows)
+    loss = 2.0 * soft_cross_entropy(columns.scores(anchors.reshape(-1, DIM)) / 0.1, targets.target, targets.mask)
     loss.backward()
-    result = {"loss": loss.detach(), "grad": anchors.grad, "found": found, "column_ids": columns.ids}
+    result = {"loss": loss.detach(), "grad": anchors.grad, "found": targets.found, "column_ids": columns.ids}
     if memory is not None:
         memory.enqueue(*columns.block_entries())
         result.update({f"memory.{k}": v for k, v in memory.state_dict().items()})
@@ -75,13 +76,14 @@ def main(out: Path) -> None:
         torch.arange(32) % 4,
         ["a", "b", "c", "d"],
     )
-    method = FNC(resnet("resnet18", width=4), support_views=1, memory_size=60, threshold=0.0,
-                 view=for_image_size(moco_v2_cifar(), 16))
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 16), global_batch=8)
+    method = method_spec("fnc")(resnet("resnet18", width=4), setup=setup, support_views=1, memory_size=60,
+                                threshold=0.0)
     config = TrainConfig(epochs=1, batch_size=4, output_dir=str(out / "run"), log_every=1)
     result = Trainer(method, config, make_accelerator(cpu=True)).fit(data)
     (out / f"fnc_rank{rank}.json").write_text(json.dumps({
-        "losses": [float(loss) for loss in result.losses], "memory_ids": method.queue.ids.tolist(),
-        "memory_views": method.queue.views.tolist(),
+        "losses": [float(loss) for loss in result.losses], "memory_ids": method.memory.ids.tolist(),
+        "memory_views": method.memory.views.tolist(),
     }))
 
 

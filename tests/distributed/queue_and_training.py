@@ -1,7 +1,8 @@
-"""Run with torchrun --nproc_per_node 2: gathered enqueues and a short training run.
+"""Run with torchrun --nproc_per_node 2: gathered memory blocks and a short training run.
 
-Writes ``<out>/queue_rank{r}.pt`` (queue buffers after several enqueues of each
-rank's fixed keys) and ``<out>/train_rank{r}.json`` (a one-epoch run).
+Writes ``<out>/queue_rank{r}.pt`` (memory buffers after several enqueues of the
+gathered blocks of each rank's fixed keys, and the layout of one more step's
+``[batch keys | memory]`` columns) and ``<out>/train_rank{r}.json`` (a one-epoch MoCo v2 run).
 """
 
 import json
@@ -11,12 +12,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
-from softcontrast.components.columns import LogitColumns
-from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.columns import Columns
+from softcontrast.components.distributed import gather_no_grad
+from softcontrast.components.memory import Memory
 from softcontrast.data import ImageTensorDataset
-from softcontrast.methods import MoCoV2
+from softcontrast.methods import Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 
@@ -30,16 +32,17 @@ def local_batch(step: int, rank: int, batch: int, dim: int) -> tuple[torch.Tenso
 def main(out: Path) -> None:
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
-    queue = MemoryQueue(capacity=10, dim=4)
+    memory = Memory(capacity=10, dim=4)
     for step in range(4):
         keys, ids = local_batch(step, rank, 3, 4)
-        queue.enqueue(keys, ids)
+        memory.enqueue(gather_no_grad(keys), gather_no_grad(ids))  # the memory takes gathered blocks
     keys, ids = local_batch(9, rank, 3, 4)
-    columns = LogitColumns.build(keys, ids, queue, in_batch=True)
-    torch.save(
-        {**queue.state_dict(), "positive": columns.positive, "shared": columns.shared, "mask": columns.mask},
-        out / f"queue_rank{rank}.pt",
-    )
+    columns = Columns.build(keys[:, None], ids, memory, batch_negatives=True)
+    rows = columns.rows(ids, [None], keys=keys)
+    positive = rows.positive.float().argmax(dim=1)
+    assert (rows.positive.sum(dim=1) == 1).all()
+    torch.save({**memory.state_dict(), "positive": positive, "shared": columns.shared, "mask": rows.mask},
+               out / f"queue_rank{rank}.pt")
     del accelerator
 
     torch.manual_seed(0)
@@ -48,11 +51,12 @@ def main(out: Path) -> None:
         torch.arange(64) % 4,
         ["a", "b", "c", "d"],
     )
-    method = MoCoV2(resnet("resnet18", width=8), view=for_image_size(moco_v2_cifar(), 16), queue_size=32)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 16), global_batch=16)
+    method = method_spec("moco")(resnet("resnet18", width=8), setup=setup, queue_size=32)
     config = TrainConfig(epochs=1, batch_size=8, output_dir=str(out / "run"), log_every=1)
     result = Trainer(method, config, make_accelerator(cpu=True)).fit(data, data)
     (out / f"train_rank{rank}.json").write_text(
-        json.dumps({"losses": result.losses, "queue_ids": method.queue.ids.tolist(), "knn": result.knn})
+        json.dumps({"losses": result.losses, "queue_ids": method.memory.ids.tolist(), "knn": result.knn})
     )
 
 
