@@ -14,23 +14,17 @@ from typing import Any, Callable
 
 from accelerate.utils import set_seed
 
-from softcontrast.checkpoints import NoCheckpointError, OutputWriteError
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.config import ConfigArgumentParser
-from softcontrast.data import load_source
+from softcontrast.data import DATA_DEFAULTS, load_source
+from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation import baseline_knn, random_init_backbone
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
 
 MethodFactory = Callable[[Backbone, argparse.Namespace], ContrastiveMethod]
-
-#: Errors a CLI user can fix (flags, data, checkpoints, output directory, a diverged run):
-#: :func:`main` prints their message as one line and exits with status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, FileNotFoundError, NotADirectoryError, NoCheckpointError, OutputWriteError, FloatingPointError,
-)
 
 
 def build_parser(description: str, **defaults: Any) -> ConfigArgumentParser:
@@ -95,10 +89,6 @@ def build_parser(description: str, **defaults: Any) -> ConfigArgumentParser:
     add("--tensorboard", action="store_true", help="also log to TensorBoard in the output dir")
     parser.set_defaults(**defaults)
     return parser
-
-
-#: Defaults of flags whose best value depends on the data: (digits, any other source).
-DATA_DEFAULTS: dict[str, tuple[Any, Any]] = {"view_size": (12, 16), "projector_layers": (1, 2)}
 
 
 def resolve_data_defaults(args: argparse.Namespace) -> argparse.Namespace:

@@ -34,6 +34,9 @@ from torch import Tensor
 
 from softcontrast.components.distributed import on_main_process
 
+#: Defaults of settings whose best value depends on the data: (digits, any other source).
+DATA_DEFAULTS: dict[str, tuple[int, int]] = {"view_size": (12, 16), "projector_layers": (1, 2)}
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 #: Images at most this many pixels on a side are decoded once and held in memory.
