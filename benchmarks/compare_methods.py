@@ -1,8 +1,10 @@
 """Accuracy benchmark: methods side by side at the same budget, one JSON file.
 
-Each method trains through its example script with identical data, backbone,
-epochs, batch, queue and seed, one after the other in this run, and the kNN test
-accuracy (before and after training) and training wall time are collected.
+Each method trains through ``python -m softcontrast train NAME`` (a registered method)
+with identical data, backbone, epochs, batch, queue and seed, one after the other in
+this run, and the kNN test accuracy (before and after training) and training wall
+time are collected. A method ``NAME-LABEL`` is registered method ``NAME`` with the
+extra flags of ``--method-args NAME-LABEL=...`` (``fnc-moco-eliminate`` is ``fnc-moco``).
 
 Example (CIFAR-10 subset on CPU):
 
@@ -26,7 +28,26 @@ from pathlib import Path
 
 import torch
 
+from softcontrast.methods import method_names
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: How a run is launched: the training command of a registered method.
+TRAIN = ["-m", "softcontrast", "train"]
+
+
+def registered_method(name: str) -> str:
+    """The registered method a benchmark's method name runs: the longest ``-``-separated prefix
+    of ``name`` that is registered (``fnc-attract`` → ``fnc``, ``fnc-moco-eliminate`` → ``fnc-moco``).
+
+    Raises:
+        ValueError: no prefix of ``name`` is a registered method.
+    """
+    parts = name.split("-")
+    registered = set(method_names())
+    for end in range(len(parts), 0, -1):
+        if "-".join(parts[:end]) in registered:
+            return "-".join(parts[:end])
+    raise ValueError(f"{name!r} names no registered method; registered: {', '.join(sorted(registered))}")
 
 
 def unpack(zip_path: Path, into: Path) -> Path:
@@ -52,14 +73,13 @@ def diagnostics_by_quarter(metrics_file: Path) -> dict[str, list[float]]:
 
 
 def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: Path) -> dict:
-    """Trains one run through its example script; returns its summary line.
+    """Trains one run of a registered method; returns its summary line.
 
-    ``method`` is an example name, or ``<example>-<label>`` for a variant whose
-    extra flags come from ``--method-args``.
+    ``method`` is a registered name, or ``<name>-<label>`` for a variant whose extra
+    flags come from ``--method-args``.
     """
-    script = method.split("-")[0]
     command = [
-        sys.executable, str(EXAMPLES / f"{script}.py"), "--dataset", dataset,
+        sys.executable, *TRAIN, registered_method(method), "--dataset", dataset,
         "--view-size", str(args.view_size), "--width", str(args.width), "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--queue-size", str(args.queue_size), "--seed", str(args.seed),
         "--lr", str(args.lr), "--output-dir", str(output_dir), "--checkpoint-every", "0",
@@ -78,7 +98,7 @@ def run_method(method: str, dataset: str, args: argparse.Namespace, output_dir: 
 
 
 def run_example(command: list[str], label: str) -> dict:
-    """Runs an example's command line; returns its JSON summary line with ``process_seconds``."""
+    """Runs a training command line; returns its JSON summary line with ``process_seconds``."""
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -90,9 +110,8 @@ def run_example(command: list[str], label: str) -> dict:
 
 
 def shown_command(command: list[str], placeholders: dict[str, str]) -> str:
-    """The command as recorded: ``python examples/<x>.py ...`` with machine paths replaced."""
-    shown = [placeholders.get(part, part) for part in command[2:]]
-    return " ".join(["python", f"examples/{Path(command[1]).name}", *shown])
+    """The command as recorded: ``python -m softcontrast train NAME ...`` with machine paths replaced."""
+    return " ".join(["python", *(placeholders.get(part, part) for part in command[1:])])
 
 
 def main() -> None:

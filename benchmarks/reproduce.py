@@ -1,7 +1,8 @@
 """Reproduction table: methods × seeds at one budget, kNN and linear probe with baselines.
 
-Each method is an example script with a recipe (``--config``) and optional extra
-flags; it trains once per seed, one run after another. Every trained backbone is then
+Each method is a registered method (``python -m softcontrast train NAME``) with a
+recipe (``--config``) and optional extra flags; it trains once per seed, one run
+after another. Every trained backbone is then
 evaluated on frozen features of the run's training images (the kNN bank and the
 probe's training set) against the test split:
 
@@ -40,14 +41,15 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 
-from compare_methods import DIAGNOSTICS, EXAMPLES, run_example, shown_command, unpack
+from compare_methods import DIAGNOSTICS, EXAMPLES, TRAIN, registered_method, run_example, shown_command, unpack
 from softcontrast.components.augment import center_view, for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation import extract_features, knn_feature_accuracy, linear_probe_accuracy
+from softcontrast.evaluation.command import backbone_settings
 
 RECIPES = EXAMPLES.parent / "softcontrast" / "recipes"
-#: The CPU table: name = script[-variant], its recipe, and its extra flags.
+#: The CPU table: name = registered method[-label], its recipe, and its extra flags.
 DEFAULT_METHODS = [
     "moco=moco_v2_cifar10-cpu.yaml",
     "sce=sce_cifar10-cpu.yaml",
@@ -73,16 +75,17 @@ COLUMNS = {
 
 
 def parse_method(spec: str) -> dict[str, Any]:
-    """``name=recipe[:flags]`` → name, example script, recipe path and extra flags."""
+    """``name=recipe[:flags]`` → name, registered method, recipe path and extra flags."""
     name, _, rest = spec.partition("=")
     recipe, _, flags = rest.partition(":")
-    script = name.split("-")[0]
-    if not (EXAMPLES / f"{script}.py").is_file():
-        raise ValueError(f"--method {spec!r}: no example script examples/{script}.py")
+    try:
+        registered = registered_method(name)
+    except ValueError as error:
+        raise ValueError(f"--method {spec!r}: {error}") from None
     path = Path(recipe) if Path(recipe).is_file() else RECIPES / recipe
     if recipe and not path.is_file():
         raise ValueError(f"--method {spec!r}: recipe {recipe} not found (also looked in examples/recipes/)")
-    return {"name": name, "script": script, "recipe": path if recipe else None, "flags": shlex.split(flags)}
+    return {"name": name, "registered": registered, "recipe": path if recipe else None, "flags": shlex.split(flags)}
 
 
 def evaluate(backbone: torch.nn.Module, train: ImageTensorDataset, test: ImageTensorDataset, view_size: int,
@@ -180,7 +183,8 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="a source string (default: unpack --data-zip)")
     parser.add_argument("--data-zip", type=Path, default=None, help="image-folder zip with train/ and test/")
     parser.add_argument("--method", dest="methods", action="append", default=None, metavar="NAME=RECIPE[:FLAGS]",
-                        help="a method: example script (name before '-'), recipe file, extra flags; repeatable "
+                        help="a method: registered name (the longest registered prefix before a '-'), recipe "
+                             "file, extra flags; repeatable "
                              f"(default: {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--common-args", default="", help="flags for every run, e.g. '--epochs 1'")
@@ -207,7 +211,7 @@ def main() -> None:
         for method in methods:
             for seed in args.seeds:
                 output_dir = scratch / f"{method['name']}_seed{seed}"
-                command = [sys.executable, str(EXAMPLES / f"{method['script']}.py")]
+                command = [sys.executable, *TRAIN, method["registered"]]
                 command += ["--config", str(method["recipe"])] if method["recipe"] else []
                 command += ["--dataset", dataset, "--seed", str(seed), *method["flags"],
                             *shlex.split(args.common_args), "--output-dir", str(output_dir), "--checkpoint-every", "0"]
@@ -216,9 +220,9 @@ def main() -> None:
                 train = splits.train if settings["train_subset"] is None else splits.train.subset(
                     settings["train_subset"], seed=seed)
                 view_size = settings["view_size"]
-                backbone = resnet(settings["backbone"], cifar_stem=not settings["no_cifar_stem"], width=settings["width"])
-                key = (seed, settings["train_subset"], view_size, settings["backbone"], settings["width"],
-                       settings["no_cifar_stem"])
+                arch, width, cifar_stem = backbone_settings(settings)
+                backbone = resnet(arch, cifar_stem=cifar_stem, width=width)
+                key = (seed, settings["train_subset"], view_size, arch, width, cifar_stem)
                 if key not in baselines:
                     baselines[key] = baseline_runs(settings, seed, train, splits.test)
                     runs += baselines[key]["runs"]
@@ -275,7 +279,8 @@ def cache_as_npz(source: str, path: Path) -> str:
 def baseline_runs(settings: dict[str, Any], seed: int, train, test) -> dict[str, Any]:
     """Raw pixels and the random-init network of ``seed`` (built as the examples build it)."""
     set_seed(seed)
-    network = resnet(settings["backbone"], cifar_stem=not settings["no_cifar_stem"], width=settings["width"])
+    arch, width, cifar_stem = backbone_settings(settings)
+    network = resnet(arch, cifar_stem=cifar_stem, width=width)
     view_size = settings["view_size"]
     return {"runs": [
         {"method": "raw pixels", "seed": seed, **evaluate(network, train, test, view_size, seed, raw_pixels=True)},
@@ -310,7 +315,7 @@ def write_report(args: argparse.Namespace, dataset_label: str, methods: list[dic
         "machine": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if torch.cuda.is_available() else None, "platform": platform.platform(terse=True)},
         "settings": {"dataset": dataset_label, "seeds": args.seeds, "common_args": args.common_args,
-                     "methods": [m if "script" not in m else
+                     "methods": [m if "registered" not in m else
                                  {"name": m["name"], "recipe": display(m["recipe"]), "flags": " ".join(m["flags"]),
                                   "commit": source_commit()}
                                  for m in methods],

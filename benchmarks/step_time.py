@@ -1,8 +1,10 @@
-"""Times the two-view training step before and after the multi-view steps, as a ratio.
+"""Times the two-view training step before and after a change of ``ContrastiveMethod.forward``, as a ratio.
 
 The "before" step is ``ContrastiveMethod.forward`` as it was at ``--before`` (a git
 revision; read with ``git show``), bound to the same method object as today's
-``forward``, so both run the same modules, weights and data. For MoCo v2 and SCE it
+``forward`` (built through the method registry), so both run the same modules,
+weights and data. A forward from before the one-step redesign does not fit today's
+method object: compare such revisions whole with ``step_time_revisions.py``. For MoCo v2 and SCE it
 times whole optimizer steps (forward, backward, SGD step, EMA update and enqueue) in
 interleaved rounds in one process — round r times ``--steps`` steps of one, then of
 the other, alternating which goes first — and reports the median step time of each
@@ -26,13 +28,14 @@ from pathlib import Path
 
 import torch
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
-from softcontrast.methods import SCE, MoCoV2
+from softcontrast.methods import Setup, method_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The last commit before the multi-view steps.
-BEFORE = "fae7e74"
+#: The one-step redesign (methods as registry presets of one step); the committed
+#: results compared fae7e74, the last commit before the multi-view steps.
+BEFORE = "b83ba78"
 
 
 def forward_at(revision: str) -> types.FunctionType:
@@ -46,11 +49,11 @@ def forward_at(revision: str) -> types.FunctionType:
 
 
 def build(name: str, view_size: int, width: int, queue: int):
+    """The registered method ``name``, its default views at ``view_size``."""
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=width)
-    if name == "moco":
-        return MoCoV2(backbone, view=for_image_size(moco_v2_cifar(), view_size), queue_size=queue)
-    return SCE(backbone, query_view=sce_strong(view_size), key_view=sce_weak(view_size), queue_size=queue)
+    return method_spec(name)(backbone, setup=Setup(view=lambda recipe: for_image_size(recipe, view_size)),
+                             queue_size=queue)
 
 
 def time_steps(method, forward, optimizer, images, ids, steps: int) -> float:
@@ -72,6 +75,11 @@ def measure(name: str, args: argparse.Namespace, before_forward) -> dict:
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
     ids = torch.arange(args.batch_size)
     variants = {"before": types.MethodType(before_forward, method), "after": method.forward}
+    try:
+        time_steps(method, variants["before"], optimizer, images, ids, 1)
+    except (AttributeError, TypeError) as error:
+        raise SystemExit(f"forward at --before {args.before} does not fit today's method ({error}): "
+                         "compare whole revisions with benchmarks/step_time_revisions.py") from None
     for forward in variants.values():  # warm-up, queue filled
         time_steps(method, forward, optimizer, images, ids, 2)
     times: dict[str, list[float]] = {"before": [], "after": []}
@@ -90,7 +98,8 @@ def measure(name: str, args: argparse.Namespace, before_forward) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default=BEFORE, help="git revision of the step before")
-    parser.add_argument("--methods", nargs="+", default=["moco", "sce"], choices=["moco", "sce"])
+    parser.add_argument("--methods", nargs="+", default=["moco", "sce"], choices=["moco", "sce", "sane"],
+                        help="two-view methods (registry names)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--view-size", type=int, default=24)
     parser.add_argument("--width", type=int, default=16)
@@ -99,7 +108,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="steps per round and variant")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_time_cpu.json"))
     args = parser.parse_args()
-    before_forward = forward_at(args.before)
+    try:
+        before_forward = forward_at(args.before)
+    except ImportError as error:
+        raise SystemExit(f"base.py at --before {args.before} does not import against today's library ({error}): "
+                         "compare whole revisions with benchmarks/step_time_revisions.py") from None
     results = [measure(name, args, before_forward) for name in args.methods]
     report = {
         "benchmark": "two-view step time before/after the multi-view steps (CPU)",

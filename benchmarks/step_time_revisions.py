@@ -4,7 +4,8 @@ Unlike ``step_time.py`` (which swaps one function inside one process), this comp
 any two revisions, whatever changed between them: ``--before`` is a git revision
 extracted with ``git archive`` into a scratch folder, ``--after`` the working tree
 (or another revision). Each measurement is a fresh process that imports one tree,
-builds a tiny MoCo v2 or SCE (same seed, data and settings), runs warm-up steps and
+builds a tiny MoCo v2 or SCE (same seed, data and settings; through the method
+registry, or by class name in a revision from before it), runs warm-up steps and
 then times ``--steps`` whole optimizer steps (views, forward, backward, SGD step,
 EMA update, enqueue) on one thread. Rounds alternate which revision goes first; the
 report holds each side's median step time and the median over rounds of the paired
@@ -35,16 +36,22 @@ CHILD = """
 import json, sys, time, torch
 from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak
 from softcontrast.components.backbones import resnet
-from softcontrast.methods import SCE, MoCoV2
 method_name, batch, size, width, warmup, steps = sys.argv[1], *map(int, sys.argv[2:7])
 torch.set_num_threads(1)
 torch.manual_seed(0)
 backbone = resnet("resnet18", width=width)
-if method_name == "moco":
-    method = MoCoV2(backbone, view=for_image_size(moco_v2_cifar(), size), queue_size=4 * batch)
+try:
+    from softcontrast.methods.registry import Setup, method_spec
+except ImportError:  # a revision from before the method registry: its classes
+    from softcontrast.methods import SCE, MoCoV2
+    if method_name == "moco":
+        method = MoCoV2(backbone, view=for_image_size(moco_v2_cifar(), size), queue_size=4 * batch)
+    else:
+        method = SCE(backbone, query_view=for_image_size(sce_strong(), size),
+                     key_view=for_image_size(sce_weak(), size), queue_size=4 * batch)
 else:
-    method = SCE(backbone, query_view=for_image_size(sce_strong(), size),
-                 key_view=for_image_size(sce_weak(), size), queue_size=4 * batch)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, size), global_batch=batch)
+    method = method_spec(method_name)(backbone, setup=setup, queue_size=4 * batch)
 optimizer = torch.optim.SGD(method.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
 images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 ids = torch.arange(batch)

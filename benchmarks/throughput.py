@@ -15,9 +15,11 @@ Reported for each backbone width and variant (eager, ``channels_last``,
 contender and ours over lightly's; images per CPU-second (this process plus
 lightly's loader workers), the figure that holds on a shared CPU where wall time
 depends on other processes; peak memory (process RSS on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU); and our step's cost breakdown. On a
+``torch.cuda.max_memory_allocated`` on a GPU); and our step's cost breakdown (the
+method's own step timed at its stage boundaries through ``method.clock``). On a
 GPU it also checks that our step runs without a host synchronisation
-(``torch.cuda.set_sync_debug_mode("error")``). ``--methods fnc --search-backend
+(``torch.cuda.set_sync_debug_mode("error")``). Our methods are built through the
+method registry (``--methods`` takes any registered name); ``--methods fnc --search-backend
 faiss-flat`` adds published FNC with its search over view columns in FAISS (on the GPU when faiss sees one).
 
 Writes the JSON and, next to it, the Markdown table the docs show (``<out>.md``).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -52,26 +55,20 @@ import torch
 from torch import Tensor, nn
 
 import softcontrast
-from softcontrast.components.augment import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    moco_v2_cifar,
-    sce_strong,
-    sce_weak,
-    to_float,
-)
+from softcontrast.components.augment import CIFAR_MEAN, CIFAR_STD
 from softcontrast.components.backbones import projector_for, resnet
-from softcontrast.components.columns import LogitColumns
-from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory_format import to_channels_last
 from softcontrast.data import ImageTensorDataset, TrainingBatches, load_source
-from softcontrast.methods import FNC, SCE, ContrastiveMethod, MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_names, method_spec
 
 VARIANTS = ("eager", "channels_last", "compile")
-METHODS = ("moco", "sce", "fnc")
 LIGHTLY = "lightly-moco"
-SEGMENTS = ("views", "momentum forward", "online forward", "columns and target", "online backward",
-            "optimizer", "momentum update", "enqueue")
+#: The step's stages (``method.clock``: views; embeddings and columns; targets; loss), then
+#: what the trainer does after it (backward; the optimizer; EMA, the parts' hooks and the memory update).
+STEP_STAGES = ("views", "columns", "targets", "loss")
+SEGMENTS = (*STEP_STAGES, "backward", "optimizer", "after step")
+#: Methods that keep their own temperature instead of ``--temperature`` (SCE's τ and τm as published).
+OWN_TEMPERATURE = ("sce",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -251,18 +248,19 @@ class LightlyMoCo(Contender):
 
 
 def build_method(name: str, settings: Settings) -> ContrastiveMethod:
-    """Our method ``name`` with the shared backbone, queue and momentum."""
+    """The registered method ``name`` with its default views and the shared backbone, queue,
+    momentum and temperature (where its config has them; published FNC keeps its memory of
+    16 × the batch view entries in total, not the queue)."""
+    spec = method_spec(name)
     backbone = resnet("resnet18", cifar_stem=True, width=settings.width)
-    common = {"queue_size": settings.queue_size, "momentum": settings.ema, "channels_last": settings.channels_last}
-    if name == "moco":
-        return MoCoV2(backbone, view=moco_v2_cifar(), temperature=settings.temperature, **common)
-    if name == "sce":
-        return SCE(backbone, query_view=sce_strong(), key_view=sce_weak(), **common)
-    if name == "fnc":  # published FNC: a memory of 16 × batch view entries in total, not the queue
-        return FNC(backbone, view=moco_v2_cifar(), temperature=settings.temperature,
-                   search_backend=settings.search_backend, memory_size=16 * settings.batch_size,
-                   momentum=settings.ema, channels_last=settings.channels_last)
-    raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+    shared = {"queue_size": settings.queue_size, "momentum": settings.ema, "search_backend": settings.search_backend}
+    if name not in OWN_TEMPERATURE:
+        shared["temperature"] = settings.temperature
+    fields = {f.name for f in dataclasses.fields(spec.config)}
+    method = spec(backbone, setup=Setup(global_batch=settings.batch_size),
+                  **{field: value for field, value in shared.items() if field in fields})
+    method.channels_last = settings.channels_last
+    return method
 
 
 class Ours(Contender):
@@ -283,64 +281,36 @@ class Ours(Contender):
         images, ids = next(self.batches)
         self.train_step(images, ids)
 
-    def train_step(self, images: Tensor, ids: Tensor) -> Tensor:
-        """The step without fetching the batch (what the sync check watches); returns the loss."""
-        with self.settings.autocast():
-            output = self.method(images, ids)
-        output.loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.method.after_optimizer_step(self.global_step, self.total_steps)
+    def train_step(self, images: Tensor, ids: Tensor, clock: Callable[[str], None] | None = None) -> Tensor:
+        """The step without fetching the batch (what the sync check watches); returns the loss.
+
+        With ``clock``, it is called with each of :data:`SEGMENTS` when that segment ends:
+        the method's own stages through ``method.clock``, then backward, optimizer and
+        after step.
+        """
+        tick = clock or (lambda segment: None)
+        self.method.clock = clock
+        try:
+            with self.settings.autocast():
+                output = self.method(images, ids)
+            output.loss.backward()
+            tick("backward")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            tick("optimizer")
+            self.method.after_optimizer_step(self.global_step, self.total_steps)
+            tick("after step")
+        finally:
+            self.method.clock = None
         self.global_step += 1
         return output.loss.detach()
 
 
-def breakdown_supported(method: ContrastiveMethod) -> bool:
-    """The breakdown replays :class:`ContrastiveMethod`'s own step (one view order)."""
-    kind = type(method)
-    return not method.symmetric and all(
-        getattr(kind, name) is getattr(ContrastiveMethod, name) for name in ("forward", "contrast", "after_optimizer_step")
-    )
-
-
-def timed_step(ours: Ours, images: Tensor, ids: Tensor, clock: Callable[[str], None]) -> Tensor:
-    """One step of ``ours`` in :data:`SEGMENTS`, calling ``clock(segment)`` after each;
-    the same computation as :meth:`Ours.train_step`. Returns the loss."""
-    method, settings = ours.method, ours.settings
-    prepare = (lambda x: x.contiguous(memory_format=torch.channels_last)) if method.channels_last else (lambda x: x)
-    with settings.autocast():
-        images = to_float(images)
-        local = method.streams.at(images.device).local
-        query_views = method.query_augment(images, local)
-        key_views = method.key_augment(images, local)
-        clock("views")
-        keys = method.embed_keys(key_views)
-        support = method.support_embeddings(images, keys)
-        clock("momentum forward")
-        query = method.online(prepare(query_views))
-        clock("online forward")
-        columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
-        targets = method.target_builder(columns, support)
-        logits = columns.scores(query) / method.temperature
-        loss = soft_cross_entropy(logits, targets.target, targets.mask)
-        clock("columns and target")
-    loss.backward()
-    clock("online backward")
-    ours.optimizer.step()
-    ours.optimizer.zero_grad(set_to_none=True)
-    clock("optimizer")
-    with torch.no_grad():
-        method.target_encoder.update(method.online, method.momentum_at(ours.global_step, ours.total_steps))
-        clock("momentum update")
-        method.queue.enqueue(keys, ids)
-        clock("enqueue")
-    ours.global_step += 1
-    return loss
-
-
 def step_breakdown(ours: Ours, steps: int) -> dict[str, Any] | None:
-    """Mean seconds (wall, and CPU of this process) per step segment over ``steps`` steps."""
-    if not breakdown_supported(ours.method) or steps < 1:
+    """Mean seconds (wall, and CPU of this process) per step segment over ``steps`` steps of
+    the method's own step (:meth:`Ours.train_step` with a clock that synchronises the device
+    at every segment boundary)."""
+    if steps < 1:
         return None
     device = ours.settings.device
     wall = {s: 0.0 for s in SEGMENTS}
@@ -358,7 +328,7 @@ def step_breakdown(ours: Ours, steps: int) -> dict[str, Any] | None:
         images, ids = next(ours.batches)
         synchronize(device)
         last[:] = [time.perf_counter(), time.process_time()]
-        timed_step(ours, images, ids, clock)
+        ours.train_step(images, ids, clock)
     return {
         "ms": {s: round(1000 * wall[s] / steps, 2) for s in SEGMENTS},
         "cpu_ms": {s: round(1000 * cpu[s] / steps, 2) for s in SEGMENTS},
@@ -628,13 +598,14 @@ def markdown_table(report: dict[str, Any]) -> str:
                   for r in report["results"]]
     if report["breakdown"]:
         kind = "cpu_ms" if m["device"] == "cpu" else "ms"
+        segments = list(report["breakdown"][0][kind])  # a report's own segments (older reports name others)
         lines += ["", f"Our step, {'CPU' if kind == 'cpu_ms' else 'wall'} milliseconds per step:", "",
-                  "| width | variant | method | " + " | ".join(SEGMENTS) + " | total |",
-                  "|---|---|---|" + "---|" * (len(SEGMENTS) + 1)]
+                  "| width | variant | method | " + " | ".join(segments) + " | total |",
+                  "|---|---|---|" + "---|" * (len(segments) + 1)]
         for row in report["breakdown"]:
             parts = row[kind]
             lines.append(f"| {row['width']} | {row['variant']} | {row['method']} | "
-                         + " | ".join(_fmt(parts[seg]) for seg in SEGMENTS) + f" | {_fmt(sum(parts.values()))} |")
+                         + " | ".join(_fmt(parts.get(seg)) for seg in segments) + f" | {_fmt(sum(parts.values()))} |")
     if report.get("sync_check"):
         lines += ["", "Host synchronisation in our step (`torch.cuda.set_sync_debug_mode(\"error\")`): "
                   + "; ".join(f"{c['width']}/{c['variant']}: " + ", ".join(
@@ -697,7 +668,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["moco", "sce"], help="our methods")
+    parser.add_argument("--methods", nargs="+", choices=method_names(), default=["moco", "sce"],
+                        help="our methods (registry names)")
     parser.add_argument("--no-lightly", dest="lightly", action="store_false", help="measure only our methods")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--queue-size", type=int, default=4096)

@@ -7,13 +7,7 @@ anchor per image, detection views only for detection, a queue of keys).
 
 import argparse
 
-from softcontrast.cli import build_method, train
-
-
-def make_method(backbone, args):
-    """The run's method rebuilt from its saved settings (``softcontrast evaluate`` draws FNC's detections with it)."""
-    return build_method(vars(args), backbone)
-
+from softcontrast.cli import train
 
 if __name__ == "__main__":
     variant = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

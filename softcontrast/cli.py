@@ -18,69 +18,32 @@ file calls :func:`~softcontrast.methods.registry.register`::
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.components.backbones import Backbone, projector_for, resnet
-from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.components.backbones import resnet
 from softcontrast.config import ConfigArgumentParser
 from softcontrast.data import load_source
 from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation import baseline_knn, random_init_backbone
 from softcontrast.flags import Flag, add_flags, config_flags
-from softcontrast.methods.base import ContrastiveMethod
-from softcontrast.methods.registry import MethodSpec, Setup, method_names, method_spec
-from softcontrast.run_settings import DIGITS_DEFAULTS, DataSettings, ModelSettings, RunSettings
-from softcontrast.settings import SettingError
-from softcontrast.training import TrainConfig, TrainResult, Trainer, make_accelerator
-
-#: The run's settings besides the method's, by section of ``--help``.
-RUN_SECTIONS: tuple[tuple[str, type], ...] = (
-    ("data", DataSettings), ("model", ModelSettings), ("training", TrainConfig), ("run", RunSettings),
+from softcontrast.methods.registry import MethodSpec, load_plugin, method_names, method_spec
+from softcontrast.run_settings import (
+    DIGITS_DEFAULTS,
+    RUN_SECTIONS,
+    Settings,
+    make_method,
+    resolve,
 )
-
-
-@dataclass
-class Settings:
-    """Every setting of a run, resolved.
-
-    Attributes:
-        method: the registry name.
-        config: the method's config.
-        data: data and views.
-        model: backbone and projector.
-        train: the training loop's settings.
-        run: devices, batch norm of the momentum encoder, output.
-        from_digits: the settings that took :data:`~softcontrast.run_settings.DIGITS_DEFAULTS`.
-    """
-
-    method: str
-    config: Any
-    data: DataSettings
-    model: ModelSettings
-    train: TrainConfig
-    run: RunSettings
-    from_digits: dict[str, Any]
-
-    def saved(self, num_train_samples: int | None = None) -> dict[str, Any]:
-        """The run's saved settings (``run_config.json``): enough to rebuild it (:func:`build_method`)."""
-        settings = {"method": self.method, **asdict(self.config), **asdict(self.data), **asdict(self.model),
-                    **asdict(self.train), **asdict(self.run), "output_dir": self.train.output_dir}
-        settings["no_cifar_stem"] = not self.model.cifar_stem  # the key softcontrast evaluate reads
-        if num_train_samples is not None:
-            settings["num_train_samples"] = num_train_samples
-        return settings
-
+from softcontrast.settings import SettingError
+from softcontrast.training import TrainResult, Trainer, make_accelerator
 
 def build_parser(spec: MethodSpec, prog: str | None = None, description: str | None = None) -> ConfigArgumentParser:
     """The flags of method ``spec``: its config's, then the run's (:data:`RUN_SECTIONS`).
@@ -111,64 +74,8 @@ def flag_names(spec: MethodSpec) -> dict[str, str]:
     return {flag.field: flag.option for section in sections for flag in config_flags(section)}
 
 
-def resolve(spec: MethodSpec, given: Mapping[str, Any]) -> Settings:
-    """Every setting of a run of ``spec``: ``given`` (flags and config file), else the digits table, else the defaults.
-
-    Raises:
-        SettingError: a setting outside its range (it names the field).
-    """
-    on_digits = given.get("dataset", DataSettings.dataset) == "digits"
-    from_digits: dict[str, Any] = {}
-
-    def values(section: type, **fixed: Any) -> dict[str, Any]:
-        chosen = {}
-        for item in fields(section):
-            if item.name in fixed or not item.init:
-                continue
-            if item.name in given:
-                value = given[item.name]
-                chosen[item.name] = tuple(value) if isinstance(value, list) else value
-            elif on_digits and item.name in DIGITS_DEFAULTS:
-                chosen[item.name] = from_digits[item.name] = DIGITS_DEFAULTS[item.name]
-        return {**chosen, **fixed}
-
-    output_dir = given.get("output_dir") or f"runs/{spec.name}"
-    return Settings(spec.name, spec.config(**values(spec.config)), DataSettings(**values(DataSettings)),
-                    ModelSettings(**values(ModelSettings)), TrainConfig(**values(TrainConfig, output_dir=output_dir)),
-                    RunSettings(**values(RunSettings, output_dir=output_dir)), from_digits)
-
-
-def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
-                num_samples: int | None = None) -> ContrastiveMethod:
-    """Builds the method of ``settings`` over ``backbone`` through the registry, with the run's step options.
-
-    Args:
-        settings: the resolved settings.
-        backbone: the backbone (:func:`~softcontrast.components.backbones.resnet` of ``settings.model``).
-        processes: processes of the run (the global batch is ``batch_size × processes``).
-        num_samples: training images, if known.
-    """
-    model = settings.model
-    setup = Setup(projector=projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers),
-                  view=settings.data.view, global_batch=settings.train.batch_size * processes, num_samples=num_samples)
-    method = method_spec(settings.method).build(settings.config, backbone, setup)
-    if settings.run.shuffle_bn:
-        method.shuffle_bn = ShuffleBatchNorm(settings.run.split_bn_groups)
-    if settings.run.channels_last:
-        method.channels_last = True
-    return method
-
-
-def build_method(saved: Mapping[str, Any], backbone: Backbone) -> ContrastiveMethod:
-    """Rebuilds a run's method from its saved settings (``run_config.json``), on this process count."""
-    spec = method_spec(saved["method"])
-    known = {f.name for section in (spec.config, *(s for _, s in RUN_SECTIONS)) for f in fields(section) if f.init}
-    settings = resolve(spec, {key: value for key, value in saved.items() if key in known})
-    return make_method(settings, backbone, PartialState().num_processes, saved.get("num_train_samples"))
-
-
 def train(method_name: str, argv: Sequence[str] | None = None, prog: str | None = None,
-          description: str | None = None) -> TrainResult:
+          description: str | None = None, plugins: Sequence[str] = ()) -> TrainResult:
     """Parses the flags of the registered method ``method_name``, trains it and reports kNN accuracy.
 
     A user error (:data:`~softcontrast.errors.USER_ERRORS`) ends the process with one
@@ -181,12 +88,14 @@ def train(method_name: str, argv: Sequence[str] | None = None, prog: str | None 
         argv: the flags (default: ``sys.argv[1:]``).
         prog: the program's name in messages (default: the script's).
         description: the text of ``--help`` (default: the method's summary).
+        plugins: the files or modules that registered the method (saved with the run, so that
+            ``softcontrast evaluate`` can rebuild it).
     """
     spec = method_spec(method_name)
     parser = build_parser(spec, prog, description)
     given = vars(parser.parse_args(argv))
     try:
-        return run(resolve(spec, given))
+        return run(resolve(spec, given, plugins=tuple(plugins)))
     except USER_ERRORS as error:
         if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
             raise
@@ -253,20 +162,6 @@ def run_baselines(settings: Settings, train, test, result: TrainResult, recipe: 
     return {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}
 
 
-def load_plugin(source: str) -> None:
-    """Imports a user's file (``my_methods.py``) or module (``my_package.methods``), which registers methods."""
-    if source.endswith(".py") or Path(source).is_file():
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"--plugin {source}: no such file")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
-    else:
-        importlib.import_module(source)
-
-
 def train_command(argv: Sequence[str]) -> None:
     """``softcontrast train [--plugin FILE_OR_MODULE ...] NAME [flags]``."""
     front = argparse.ArgumentParser(
@@ -290,7 +185,8 @@ def train_command(argv: Sequence[str]) -> None:
     name, flags = rest[0], rest[1:]
     if name not in method_names():
         front.error(f"unknown method {name!r}; registered: {', '.join(method_names())} (--plugin adds yours)")
-    train(name, flags, prog=f"softcontrast train {name}")
+    plugins = [str(Path(source).resolve()) if Path(source).is_file() else source for source in known.plugin]
+    train(name, flags, prog=f"softcontrast train {name}", plugins=plugins)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

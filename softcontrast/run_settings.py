@@ -1,4 +1,10 @@
-"""The run's settings that belong to no method: data and views, the model, devices and output.
+"""The run's settings that belong to no method, and every setting of a run resolved.
+
+Data and views, the model, devices and output are dataclasses here;
+:func:`resolve` joins them with :class:`~softcontrast.training.TrainConfig` and a
+method's config into :class:`Settings`, and :func:`make_method` builds the run's
+method from them (the command line, ``softcontrast evaluate`` and the benchmarks
+share it).
 
 With :class:`~softcontrast.training.TrainConfig` and a method's config, these
 dataclasses hold every setting of a run; ``softcontrast train`` makes one flag per
@@ -8,11 +14,16 @@ field (:mod:`softcontrast.flags`). Their defaults are the general ones;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
 
 from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.backbones import Backbone, projector_for
+from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.methods.base import ContrastiveMethod
+from softcontrast.methods.registry import MethodSpec, Setup, load_plugin, method_spec
 from softcontrast.settings import setting
+from softcontrast.training import TrainConfig
 
 
 @dataclass
@@ -77,5 +88,144 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "epochs": 60, "batch_size": 128, "lr": 0.3, "checkpoint_every": 5, "queue_size": 1024,
 }
 
-#: Defaults of data settings whose value depends on the data: (digits, any other source).
-DATA_DEFAULTS: dict[str, tuple[Any, Any]] = {"view_size": (DIGITS_DEFAULTS["view_size"], DataSettings.view_size)}
+
+#: The run's settings besides the method's, by section of ``--help``.
+RUN_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("data", DataSettings), ("model", ModelSettings), ("training", TrainConfig), ("run", RunSettings),
+)
+
+
+@dataclass
+class Settings:
+    """Every setting of a run, resolved.
+
+    Attributes:
+        method: the registry name.
+        config: the method's config.
+        data: data and views.
+        model: backbone and projector.
+        train: the training loop's settings.
+        run: devices, batch norm of the momentum encoder, output.
+        from_digits: the settings that took :data:`DIGITS_DEFAULTS`.
+        plugins: files or modules imported to register the method (saved with the run).
+    """
+
+    method: str
+    config: Any
+    data: DataSettings
+    model: ModelSettings
+    train: TrainConfig
+    run: RunSettings
+    from_digits: dict[str, Any]
+    plugins: tuple[str, ...] = ()
+
+    def saved(self, num_train_samples: int | None = None) -> dict[str, Any]:
+        """The run's saved settings (``run_config.json``): enough to rebuild it (:func:`rebuild_method`)."""
+        settings = {"method": self.method, **asdict(self.config), **asdict(self.data), **asdict(self.model),
+                    **asdict(self.train), **asdict(self.run), "output_dir": self.train.output_dir,
+                    "plugins": list(self.plugins)}
+        if num_train_samples is not None:
+            settings["num_train_samples"] = num_train_samples
+        return settings
+
+
+def resolve(spec: MethodSpec | None, given: Mapping[str, Any], plugins: tuple[str, ...] = ()) -> Settings:
+    """Every setting of a run of ``spec``: ``given`` (flags and config file), else the digits table, else the defaults.
+
+    ``spec`` may be ``None`` for the settings of a bare backbone (no method config).
+
+    Raises:
+        SettingError: a setting outside its range (it names the field).
+    """
+    on_digits = given.get("dataset", DataSettings.dataset) == "digits"
+    from_digits: dict[str, Any] = {}
+
+    def values(section: type, **fixed: Any) -> dict[str, Any]:
+        chosen = {}
+        for item in fields(section):
+            if item.name in fixed or not item.init:
+                continue
+            if item.name in given:
+                value = given[item.name]
+                chosen[item.name] = tuple(value) if isinstance(value, list) else value
+            elif on_digits and item.name in DIGITS_DEFAULTS:
+                chosen[item.name] = from_digits[item.name] = DIGITS_DEFAULTS[item.name]
+        return {**chosen, **fixed}
+
+    name = spec.name if spec is not None else "backbone"
+    output_dir = given.get("output_dir") or f"runs/{name}"
+    config = spec.config(**values(spec.config)) if spec is not None else None
+    return Settings(name, config, DataSettings(**values(DataSettings)), ModelSettings(**values(ModelSettings)),
+                    TrainConfig(**values(TrainConfig, output_dir=output_dir)),
+                    RunSettings(**values(RunSettings, output_dir=output_dir)), from_digits, plugins)
+
+
+def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
+                num_samples: int | None = None) -> ContrastiveMethod:
+    """Builds the method of ``settings`` over ``backbone`` through the registry, with the run's step options.
+
+    Args:
+        settings: the resolved settings.
+        backbone: the backbone (:func:`~softcontrast.components.backbones.resnet` of ``settings.model``).
+        processes: processes of the run (the global batch is ``batch_size × processes``).
+        num_samples: training images, if known.
+    """
+    model = settings.model
+    setup = Setup(projector=projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers),
+                  view=settings.data.view, global_batch=settings.train.batch_size * processes, num_samples=num_samples)
+    method = method_spec(settings.method).build(settings.config, backbone, setup)
+    if settings.run.shuffle_bn:
+        method.shuffle_bn = ShuffleBatchNorm(settings.run.split_bn_groups)
+    if settings.run.channels_last:
+        method.channels_last = True
+    return method
+
+
+def saved_settings(saved: Mapping[str, Any]) -> Settings:
+    """The resolved settings of a run from its saved ones (``run_config.json``), also of runs
+    saved before the settings were generated from configs (:func:`upgrade_settings`); a
+    saved ``None`` takes the default. The run's plugins are imported first.
+
+    Raises:
+        KeyError: the run's method is not registered (its plugin cannot be found).
+    """
+    saved = upgrade_settings(saved)
+    for source in saved.get("plugins") or ():
+        load_plugin(source)
+    spec = method_spec(saved["method"]) if saved.get("method") else None
+    sections = (spec.config,) if spec is not None else ()
+    known = {f.name for section in (*sections, *(s for _, s in RUN_SECTIONS)) for f in fields(section) if f.init}
+    return resolve(spec, {key: value for key, value in saved.items() if key in known and value is not None},
+                   plugins=tuple(saved.get("plugins") or ()))
+
+
+def rebuild_method(saved: Mapping[str, Any], backbone: Backbone, processes: int = 1) -> ContrastiveMethod:
+    """Rebuilds a run's (untrained) method from its saved settings, for ``processes`` processes."""
+    return make_method(saved_settings(saved), backbone, processes, saved.get("num_train_samples"))
+
+
+#: Settings saved by runs from before the settings were generated from configs: old name → new name.
+RENAMED_SETTINGS = {"tau": "temperature"}
+#: Old on/off flags saved under their negation: old name → new name (value negated).
+NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_cifar_stem": "cifar_stem"}
+
+
+def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`, and FNC's
+    ``variant: moco`` as the method ``fnc-moco`` (its ``support_views`` as ``detection_views``)."""
+    values = dict(saved)
+    if values.get("method") == "fnc" and values.get("variant") == "moco":
+        values["method"] = "fnc-moco"
+        if "support_views" in values and "detection_views" not in values:
+            values["detection_views"] = values.pop("support_views")
+    for old, new in RENAMED_SETTINGS.items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
+    for old, new in NEGATED_SETTINGS.items():
+        if old in values and new not in values:
+            values[new] = not values.pop(old)
+    return values
+
+
+
+

@@ -42,11 +42,13 @@ def test_the_table_shows_percent_mean_and_std_per_method():
     assert len(table) == 5
 
 
-def test_method_specs_name_script_recipe_and_flags():
+def test_method_specs_name_registered_method_recipe_and_flags():
     spec = reproduce.parse_method("sce-long=sce_cifar10.yaml:--epochs 3 --lam 0.4")
-    assert (spec["script"], spec["recipe"].name, spec["flags"]) == ("sce", "sce_cifar10.yaml", ["--epochs", "3", "--lam", "0.4"])
+    assert (spec["registered"], spec["recipe"].name, spec["flags"]) == ("sce", "sce_cifar10.yaml", ["--epochs", "3", "--lam", "0.4"])
     assert reproduce.parse_method("moco=")["recipe"] is None
-    with pytest.raises(ValueError, match="no example script examples/simclr.py"):
+    assert reproduce.parse_method("fnc-moco-eliminate=")["registered"] == "fnc-moco"
+    assert reproduce.parse_method("fnc-attract=")["registered"] == "fnc"
+    with pytest.raises(ValueError, match="'simclr' names no registered method"):
         reproduce.parse_method("simclr=x.yaml")
     with pytest.raises(ValueError, match="recipe missing.yaml not found"):
         reproduce.parse_method("moco=missing.yaml")

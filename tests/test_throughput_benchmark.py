@@ -59,8 +59,9 @@ def test_bf16_autocast_and_fnc_with_faiss_search_run_on_the_cpu(tmp_path):
     report = run_in_own_process(tmp_path / "b.json", "--no-lightly", "--variants", "eager", "--precision", "bf16",
                                 "--methods", "moco", "fnc", "--search-backend", "faiss-flat")
     assert [(r["contender"], r["precision"]) for r in report["results"]] == [("moco", "bf16"), ("fnc", "bf16")]
-    # FNC's step differs from the base step (bank, support views): no breakdown replay for it.
-    assert [b["method"] for b in report["breakdown"]] == ["moco"]
+    # The breakdown times every method's own step, published FNC's multi-view step included.
+    assert [b["method"] for b in report["breakdown"]] == ["moco", "fnc"]
+    assert [set(b["cpu_ms"]) for b in report["breakdown"]] == [set(throughput.SEGMENTS)] * 2
 
 
 def test_lightly_runs_beside_us_and_its_loader_workers_cpu_is_counted(tmp_path):
@@ -78,8 +79,8 @@ def test_lightly_runs_beside_us_and_its_loader_workers_cpu_is_counted(tmp_path):
     assert "| 2 | eager | fp32 | moco | **" in (tmp_path / "l.md").read_text()
 
 
-@pytest.mark.parametrize("method", ["moco", "sce"])
-def test_the_breakdown_replays_the_methods_own_step(method):
+@pytest.mark.parametrize("method", ["moco", "sce", "fnc"])
+def test_the_breakdown_times_the_methods_own_step(method):
     data = load_source("digits").train.subset(48)
     contenders = []
     for _ in range(2):
@@ -91,13 +92,22 @@ def test_the_breakdown_replays_the_methods_own_step(method):
         images, ids = next(timed.batches)
         next(plain.batches)
         torch.manual_seed(10 + step)
-        timed_loss = throughput.timed_step(timed, images, ids, segments.append)
+        timed_loss = timed.train_step(images, ids, segments.append)
         torch.manual_seed(10 + step)
         plain_loss = plain.train_step(images, ids)
         torch.testing.assert_close(timed_loss, plain_loss)
     assert segments == list(throughput.SEGMENTS) * 2
+    assert timed.method.clock is None
     for mine, theirs in zip(timed.method.state_dict().values(), plain.method.state_dict().values()):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_our_methods_are_built_through_the_registry_with_the_shared_settings():
+    settings = tiny_settings()
+    moco, sce, fnc = (throughput.build_method(name, settings) for name in ("moco", "sce", "fnc"))
+    assert (moco.memory.capacity, moco.momentum, moco.temperature) == (32, 0.99, 0.2)
+    assert (sce.memory.capacity, sce.momentum, sce.temperature) == (32, 0.99, 0.1)  # SCE keeps its own τ
+    assert fnc.memory.capacity == 16 * 16 and len(fnc.views.recipes) == 10 and fnc.temperature == 0.2
 
 
 def test_bad_sizes_are_refused_with_the_flag_named(capsys):

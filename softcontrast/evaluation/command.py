@@ -10,7 +10,6 @@ evaluates an exported backbone. Both write ``eval.json`` and PNGs to ``<run>/eva
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -21,15 +20,11 @@ import torch
 from torch import Tensor
 
 from softcontrast.checkpoints import CHECKPOINT_DIR, RUN_CONFIG, list_checkpoints
-from softcontrast.components.augment import (
-    ViewRecipe,
-    for_image_size,
-    moco_v2_cifar,
-    to_float,
-)
+from softcontrast.components.augment import ViewRecipe, for_image_size, moco_v2_cifar
 from softcontrast.components.backbones import Backbone, resnet
-from softcontrast.components.columns import LogitColumns
 from softcontrast.data import ImageTensorDataset, load_source
+from softcontrast.errors import USER_ERRORS
+from softcontrast.run_settings import make_method, saved_settings
 from softcontrast.evaluation.baselines import random_init_backbone
 from softcontrast.evaluation.diagnostics import (
     DIAGNOSTICS,
@@ -40,8 +35,7 @@ from softcontrast.evaluation.features import extract_features, raw_pixel_feature
 from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
 from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
 from softcontrast.evaluation.probe import linear_probe_accuracy
-from softcontrast.methods.base import ContrastiveMethod
-from softcontrast.methods.fnc import FNC
+from softcontrast.methods import ContrastiveMethod
 
 #: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
 HEADLINE = "k=200,T=0.1"
@@ -123,82 +117,95 @@ def neighbour_rows(train: ImageTensorDataset, test: ImageTensorDataset, train_fe
     ]
 
 
-def _load_example(method_name: str):
-    """The example script that built the run (``examples/<method>.py`` of a source checkout), or ``None``."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        script = root / "examples" / f"{method_name}.py"
-        if script.is_file():
-            spec = importlib.util.spec_from_file_location(f"softcontrast_example_{method_name}", script)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    return None
+def method_from_settings(settings: dict[str, Any]) -> ContrastiveMethod:
+    """The run's method rebuilt through the registry from its saved settings (untrained).
 
-
-@torch.no_grad()
-def detected_columns(method: ContrastiveMethod, images: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """``B×N`` flags of the columns FNC detects as false negatives, and their sample ids.
-
-    Published FNC (:class:`~softcontrast.methods.fnc.FNC`): the view entries of ``F_i``
-    over its columns (:meth:`~softcontrast.methods.fnc.FNC.view_columns`).
-    FNC on MoCo: the columns its target builder cancels (masked, or given target mass
-    off the positive).
+    Raises:
+        KeyError: the run's method is not registered in this process.
     """
-    if isinstance(method, FNC):
-        detectors, columns = method.view_columns(method.views(images), ids)
-        found = method.target_builder.false_negatives(columns, detectors, ids)
-        return found, columns.ids[None, :].expand(found.shape[0], -1)
-    keys = method.embed_keys(method.key_augment(images))
-    columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
-    targets = method.target_builder(columns, method.support_embeddings(images, keys))
-    found = (targets.mask & ~columns.mask) | ((targets.target > 0) & ~columns.positive_one_hot().bool())
-    column_ids = columns.column_ids[None, :].expand(found.shape[0], -1)
-    if not columns.in_batch:
-        column_ids = torch.cat([columns.row_ids[:, None], column_ids], dim=1)
-    return found, column_ids
+    resolved = saved_settings(settings)
+    model = resolved.model
+    backbone = resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width)
+    return make_method(resolved, backbone, int(settings.get("num_processes", 1)), settings.get("num_train_samples"))
+
+
+def detected_columns(method: ContrastiveMethod, images: Tensor, ids: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``B×N`` flags of the columns the method's step detects as false negatives, and the
+    ``B×N`` sample ids of those columns; ``None`` for a method that detects none.
+
+    One real step (:meth:`ContrastiveMethod.forward`) without an update: the flags are its
+    targets' ``found``, over the first contrast's columns (own-key layout: column 0 is the
+    image's own key).
+    """
+    output = method(images, ids)
+    if output.targets is None or output.targets.found is None:
+        return None
+    return output.targets.found, output.columns.column_ids(ids)
 
 
 @torch.no_grad()
 def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, seed: int, batch: int = 64,
-                        rows: int = 6, shown: int = 8) -> list:
-    """Gallery rows: training queries and the distinct images FNC detects as their false negatives.
+                        rows: int = 6, shown: int = 8) -> list | None:
+    """Gallery rows: training queries and the distinct images the step detects as their
+    false negatives (``None`` for a method that detects none).
 
     One training-mode step without an update (:func:`detected_columns`); an image
-    detected through several of its view entries is shown once. Published FNC's batch
-    is capped so that its block of view entries fits its memory.
+    detected through several of its view entries is shown once. The batch is capped so
+    that one block of the step's column views fits its memory.
     """
-    if isinstance(method, FNC) and method.queue.capacity > 0:
-        batch = min(batch, method.queue.capacity // method.num_views)
+    capacity = method.memory.capacity
+    if capacity > 0:
+        batch = min(batch, capacity // len(method.passes[0].columns))
     torch.manual_seed(seed)
     ids = torch.randperm(len(train))[:batch]
     method.train()
-    found, column_ids = detected_columns(method, to_float(train.images[ids]), ids)
+    detected = detected_columns(method, train.images[ids], ids)
+    if detected is None:
+        return None
+    found, column_ids = detected
     order = found.sum(dim=1).argsort(descending=True)[:rows]
     result = []
     for row in order.tolist():
-        detected = list(dict.fromkeys(j for j in column_ids[row][found[row]].tolist() if j >= 0))[:shown]
-        result.append((train.images[ids[row]], int(train.labels[ids[row]]),
-                       [(train.images[j], int(train.labels[j])) for j in detected]))
+        own = int(ids[row])
+        images = [j for j in column_ids[row][found[row]].tolist() if j >= 0 and j != own]
+        images = list(dict.fromkeys(images))[:shown]
+        result.append((train.images[own], int(train.labels[own]), [(train.images[j], int(train.labels[j]))
+                                                                    for j in images]))
     return result
 
 
-def _fnc_pictures(run_dir: Path, settings: dict, backbone_flags: dict, train, output: Path) -> str | None:
-    """Draws ``false_negatives.png`` for an FNC run; returns why it was skipped, or ``None``."""
-    example = _load_example("fnc")
-    if example is None:
-        return "skipped: examples/fnc.py (which builds the method) is not in this checkout"
+def _false_negative_pictures(run_dir: Path, settings: dict, train, output: Path) -> str | None:
+    """Draws ``false_negatives.png`` when the run's method detects false negatives.
+
+    Returns ``None`` when drawn or when the method detects none, else why it was skipped.
+    """
     from safetensors.torch import load_file
 
+    try:
+        method = method_from_settings(settings)
+    except KeyError as error:
+        return f"skipped: {error.args[0]}"
+    seed = int(settings.get("seed", 0))
     checkpoint = list_checkpoints(run_dir / CHECKPOINT_DIR)[-1]
-    backbone = resnet(backbone_flags["arch"], cifar_stem=backbone_flags["cifar_stem"], width=backbone_flags["width"])
-    method = example.make_method(backbone, argparse.Namespace(**settings))
-    method.load_state_dict(load_file(checkpoint.path / "model.safetensors"))
-    rows = false_negative_rows(method, train, int(settings.get("seed", 0)))
+    try:
+        method.load_state_dict(load_file(checkpoint.path / "model.safetensors"))
+    except (RuntimeError, FileNotFoundError) as error:
+        if false_negative_rows(method, train, seed, batch=2, rows=1) is None:
+            return None  # an untrained step says the method detects none: nothing to draw
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return f"skipped: the checkpoint's weights do not fit the method rebuilt from its settings ({first})"
+    rows = false_negative_rows(method, train, seed)
+    if rows is None:
+        return None
     if not any(found for _, _, found in rows):
-        return "skipped: FNC detected no false negatives in the sampled batch"
+        return "skipped: the method detected no false negatives in the sampled batch"
     plot_gallery(rows, train.classes, output / "false_negatives.png",
-                 "FNC's detected false negatives (green: same class as the query, red: another class)")
-    return None
+                 "detected false negatives (green: same class as the query, red: another class)")
+    return FALSE_NEGATIVES_DRAWN
+
+
+#: What :func:`_false_negative_pictures` returns once it drew the picture.
+FALSE_NEGATIVES_DRAWN = "drawn"
 
 
 def evaluate(
@@ -231,8 +238,9 @@ def evaluate(
         settings = dict(flags or {})
         run_dir = Path(backbone_path).parent
     output = Path(output_dir) if output_dir else run_dir / "eval"
-    arch, width = settings.get("backbone", "resnet18"), int(settings.get("width", 16))
-    cifar_stem, seed = not settings.get("no_cifar_stem", False), int(settings.get("seed", 0))
+    resolved = saved_settings(settings)
+    arch, width, cifar_stem = resolved.model.backbone, resolved.model.width, resolved.model.cifar_stem
+    seed = int(settings.get("seed", 0))
     backbone = load_backbone(backbone_path, arch, cifar_stem, width)
 
     splits = load_source(settings.get("dataset", "digits"), settings.get("image_size"))
@@ -243,7 +251,7 @@ def evaluate(
         train = train.subset(int(settings["train_subset"]), seed=seed)
     if (train.labels < 0).any() or (test.labels < 0).any():
         raise RunSettingsError("evaluation needs class labels on both splits; this dataset has unlabelled images")
-    recipe: ViewRecipe = for_image_size(moco_v2_cifar(), int(settings.get("view_size", 16)))
+    recipe: ViewRecipe = for_image_size(moco_v2_cifar(), resolved.data.view_size)
 
     def bar(name: str) -> str | None:
         return name if progress else None
@@ -260,7 +268,8 @@ def evaluate(
 
     records = read_metrics(run_dir / "metrics.jsonl")
     method = settings.get("method")
-    names = DIAGNOSTICS if method == "fnc" else tuple(d for d in DIAGNOSTICS if d != "cancelled_precision")
+    detects = any("false_negatives_per_row" in record for record in records)  # logged by steps that detect
+    names = DIAGNOSTICS if detects else tuple(d for d in DIAGNOSTICS if d != "cancelled_precision")
     report: dict[str, Any] = {
         "method": method,
         "dataset": settings.get("dataset", "digits"),
@@ -285,13 +294,12 @@ def evaluate(
         plot_gallery(neighbour_rows(train, test, trained[0], trained[1]), test.classes, output / "neighbors.png",
                      "test queries and their nearest training images (red: another class)")
         report["plots"] += ["tsne.png", "neighbors.png"]
-        if method == "fnc":
-            skipped = _fnc_pictures(run_dir, settings, {"arch": arch, "width": width, "cifar_stem": cifar_stem},
-                                    train, output)
-            if skipped:
-                report["false_negatives"] = skipped
-            else:
+        if method is not None:  # a run (a bare backbone has no method)
+            drawn = _false_negative_pictures(run_dir, settings, train, output)
+            if drawn == FALSE_NEGATIVES_DRAWN:
                 report["plots"].append("false_negatives.png")
+            elif drawn is not None:
+                report["false_negatives"] = drawn
     output.mkdir(parents=True, exist_ok=True)
     (output / "eval.json").write_text(json.dumps(report, indent=2))
     return report
@@ -339,9 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``softcontrast`` console script; user errors exit with one line and status 2."""
-    from softcontrast.errors import USER_ERRORS
-    from softcontrast.run_settings import DATA_DEFAULTS
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -352,8 +357,6 @@ def main(argv: list[str] | None = None) -> None:
         flags = {"dataset": args.dataset, "image_size": args.image_size, "train_subset": args.train_subset,
                  "backbone": args.arch, "width": args.width, "no_cifar_stem": args.no_cifar_stem,
                  "view_size": args.view_size, "seed": args.seed}
-        if flags["view_size"] is None:
-            flags["view_size"] = DATA_DEFAULTS["view_size"][0 if args.dataset == "digits" else 1]
         report = evaluate(args.run_dir, args.backbone_path, flags, args.output_dir, plots=not args.no_plots,
                           progress=sys.stderr.isatty())
     except USER_ERRORS as error:

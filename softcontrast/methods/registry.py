@@ -14,7 +14,11 @@ throughput benchmark::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -114,6 +118,20 @@ def method_spec(name: str) -> MethodSpec:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def load_plugin(source: str) -> None:
+    """Imports a user's file (``my_methods.py``) or module (``my_package.methods``), which registers methods."""
+    if source.endswith(".py") or Path(source).is_file():
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"--plugin {source}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+    else:
+        importlib.import_module(source)
 
 
 def _load_builtin_methods() -> None:
