@@ -31,10 +31,8 @@ from softcontrast.checkpoints import (
 )
 from softcontrast.cli import build_parser, resolve, train
 from softcontrast.errors import USER_ERRORS
-from softcontrast.components.augment import for_image_size, sce_strong, sce_weak
-from softcontrast.components.backbones import resnet
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights
-from softcontrast.methods import SCE, MoCoConfig
+from softcontrast.methods import ContrastiveMethod, MoCoConfig
 from softcontrast.methods.registry import _REGISTRY, method_spec, register
 from softcontrast.training import make_accelerator
 
@@ -274,28 +272,25 @@ def test_checkpoints_of_the_old_in_place_layout_resume_and_partial_ones_are_skip
     assert "resuming from" in err and "epoch_0001 (step 6; epochs done: 1)" in err
 
 
-class PoisonedSCE(SCE):
-    """SCE whose loss gains a NaN part at one chosen step (test only)."""
+def poisoned(method: ContrastiveMethod, nan_step: int) -> ContrastiveMethod:
+    """``method`` whose loss gains a NaN part at one chosen step (a forward hook; test only)."""
+    steps = []
 
-    def __init__(self, *args, nan_step: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.nan_step, self.steps = nan_step, 0
-
-    def forward(self, images, ids):
-        output = super().forward(images, ids)
-        self.steps += 1
-        poison = torch.zeros((), device=images.device)
-        if self.steps == self.nan_step:
-            poison = poison * float("nan")
-        output.metrics["loss_poison"] = poison
-        output.loss = output.loss + poison
+    def poison(module, inputs, output):
+        steps.append(None)
+        part = torch.zeros((), device=inputs[0].device)
+        if len(steps) == nan_step:
+            part = part * float("nan")
+        output.metrics["loss_poison"] = part
+        output.loss = output.loss + part
         return output
+
+    method.register_forward_hook(poison)
+    return method
 
 
 def test_nan_at_a_chosen_step_is_named_and_no_checkpoint_follows_it(tmp_path):
-    torch.manual_seed(0)
-    method = PoisonedSCE(resnet("resnet18", width=8), queue_size=32, nan_step=5,
-                         query_view=for_image_size(sce_strong(), 16), key_view=for_image_size(sce_weak(), 16))
+    method = poisoned(tiny_sce(queue_size=32), nan_step=5)
     with pytest.raises(NonFiniteError, match=r"step 5 \(epoch 1\): loss=nan, loss_poison=nan") as caught:
         fit(method, tmp_path, epochs=2, log_every=100, checkpoint_every_steps=2)
     assert "the newest is" in str(caught.value) and "step 4" in str(caught.value)

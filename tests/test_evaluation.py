@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softcontrast.components.columns import LogitColumns
-from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.columns import Columns
+from softcontrast.components.memory import Memory
 from softcontrast.components.targets import InfoNCE, SimilarityTargets
 from softcontrast.components.targets.base import Targets
 from softcontrast.data import ImageTensorDataset
@@ -89,23 +89,29 @@ def test_raw_pixel_baseline_equals_a_direct_computation():
     torch.testing.assert_close(raw_test.double(), unit[9:], atol=1e-6, rtol=0)
 
 
+def own_key_columns(keys, ids, memory):
+    """Columns ``[k_i | Q]`` and their query rows."""
+    columns = Columns.build(keys[:, None], ids, memory, batch_negatives=False)
+    return columns, columns.rows(ids, [None], keys=keys)
+
+
 def test_label_diagnostics_measure_same_class_columns():
-    queue = MemoryQueue(capacity=4, dim=2)
-    queue.enqueue(F.normalize(torch.randn(4, 2), dim=1), torch.tensor([10, 11, 12, 13]))
+    memory = Memory(capacity=4, dim=2)
+    memory.enqueue(F.normalize(torch.randn(4, 2), dim=1), torch.tensor([10, 11, 12, 13]))
     labels = torch.full((14,), -1)
     labels[[0, 10, 11]] = 0
     labels[[12, 13]] = 1
-    columns = LogitColumns.build(F.normalize(torch.randn(1, 2), dim=1), torch.tensor([0]), queue)
+    columns, rows = own_key_columns(F.normalize(torch.randn(1, 2), dim=1), torch.tensor([0]), memory)
     # Columns: [pos | id10 (same) | id11 (same) | id12 | id13].
-    infonce = label_diagnostics(columns, InfoNCE()(columns), labels)
+    infonce = label_diagnostics(columns, rows, InfoNCE()(columns, rows), labels)
     assert infonce["same_class_negatives"].item() == pytest.approx(0.5)
     assert infonce["same_class_target_mass"].item() == 0.0
     assert infonce["cancelled_precision"].item() == 0.0
 
     target = torch.tensor([[0.5, 0.25, 0.0, 0.25, 0.0]])
-    mask = columns.mask.clone()
+    mask = rows.mask.clone()
     mask[0, 2] = True  # the builder cancels id 11 (same class) by masking it
-    diagnostics = label_diagnostics(columns, Targets(target, mask), labels)
+    diagnostics = label_diagnostics(columns, rows, Targets(target, mask), labels)
     assert diagnostics["same_class_target_mass"].item() == pytest.approx(0.5)
     # cancelled: id10 (mass), id11 (masked), id12 (mass) -> 2 of 3 same class
     assert diagnostics["cancelled_precision"].item() == pytest.approx(2 / 3)
@@ -113,10 +119,10 @@ def test_label_diagnostics_measure_same_class_columns():
 
 def test_sce_target_mass_follows_similarity_to_same_class_keys():
     keys, labels = clusters(8, 2, 8, 0.05, 3)
-    queue = MemoryQueue(capacity=16, dim=8)
-    queue.enqueue(keys, torch.arange(16))
-    rows = torch.tensor([0, 9])
-    columns = LogitColumns.build(keys[rows], rows, queue)
-    diagnostics = label_diagnostics(columns, SimilarityTargets(0.5, 0.05)(columns), labels)
+    memory = Memory(capacity=16, dim=8)
+    memory.enqueue(keys, torch.arange(16))
+    ids = torch.tensor([0, 9])
+    columns, rows = own_key_columns(keys[ids], ids, memory)
+    diagnostics = label_diagnostics(columns, rows, SimilarityTargets(0.5, 0.05)(columns, rows), labels)
     assert diagnostics["same_class_target_mass"].item() > 0.99
     assert diagnostics["same_class_negatives"].item() == pytest.approx(7 / 15)

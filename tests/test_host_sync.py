@@ -16,30 +16,36 @@ from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.data import ImageTensorDataset, TrainingBatches
-from softcontrast.methods import FNC, SANE, SCE, ContrastiveMethod, FNCOnMoCo, MoCoV2
+from softcontrast.evaluation import step_diagnostics
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 HOST_READS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "cpu", "numpy")
 VIEW = ViewRecipe(size=8)
 
 
-def _parts() -> dict:
+def build(name: str, **config) -> ContrastiveMethod:
+    """Registered method ``name`` on a width-4 ResNet-18 with 8-px views."""
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=4)
-    return {"backbone": backbone, "projector": projector_for(backbone, 16, 8)}
+    setup = Setup(projector=projector_for(backbone, 16, 8), view=lambda recipe: VIEW)
+    return method_spec(name)(backbone, setup=setup, **config)
+
+
+def with_small_crops(method: ContrastiveMethod) -> ContrastiveMethod:
+    method.small_crops = SmallCrops(2, ViewRecipe(size=4))
+    return method
 
 
 METHODS: dict[str, Callable[[], ContrastiveMethod]] = {
-    "moco": lambda: MoCoV2(**_parts(), view=VIEW, queue_size=32),
-    "sce_small_crops": lambda: SCE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW,
-                                   small_crops=SmallCrops(2, ViewRecipe(size=4))),
-    "fnc_published": lambda: FNC(**_parts(), support_views=1, top_k=3, threshold=-1.0, memory_size=48, view=VIEW),
-    "fnc_published_no_memory": lambda: FNC(**_parts(), support_views=1, top_k=3, threshold=0.0, memory_size=0,
-                                           strategy="eliminate", view=VIEW),
-    "fnc_on_moco": lambda: FNCOnMoCo(**_parts(), support_views=2, top_k=3, threshold=-1.0, queue_size=32, view=VIEW),
-    "sane": lambda: SANE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW),
-    "sane_strong_per_sample": lambda: SANE(**_parts(), queue_size=32, query_view=VIEW, key_view=VIEW,
-                                           mixup_view="strong", per_sample_theta=True),
+    "moco": lambda: build("moco", queue_size=32),
+    "sce_small_crops": lambda: with_small_crops(build("sce", queue_size=32)),
+    "fnc_published": lambda: build("fnc", support_views=1, top_k=3, threshold=-1.0, memory_size=48),
+    "fnc_published_no_memory": lambda: build("fnc", support_views=1, top_k=3, threshold=0.0, memory_size=0,
+                                             strategy="eliminate"),
+    "fnc_on_moco": lambda: build("fnc-moco", detection_views=2, top_k=3, threshold=-1.0, queue_size=32),
+    "sane": lambda: build("sane", queue_size=32),
+    "sane_strong_per_sample": lambda: build("sane", queue_size=32, mixup_view="strong", per_sample_theta=True),
 }
 
 
@@ -66,12 +72,15 @@ def tiny_images(count: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def run_steps(method: ContrastiveMethod, steps: int, device: str = "cpu") -> None:
-    """``steps`` full steps: forward, backward, optimizer step, EMA and enqueue."""
+def run_steps(method: ContrastiveMethod, steps: int, device: str = "cpu", labels: torch.Tensor | None = None) -> None:
+    """``steps`` full steps: forward, the step's diagnostics (with ``labels``, if any), backward, optimizer
+    step, EMA and enqueue."""
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     for step in range(steps):
         images, ids = tiny_images(8, step).to(device), (torch.arange(8) + 8 * (step % 3)).to(device)
         output = method(images, ids)
+        diagnostics = step_diagnostics(output, labels)
+        assert diagnostics or labels is None
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -81,10 +90,9 @@ def run_steps(method: ContrastiveMethod, steps: int, device: str = "cpu") -> Non
 @pytest.mark.parametrize("name", METHODS)
 def test_the_steps_of_every_method_never_read_the_host(name, monkeypatch):
     method = METHODS[name]()
-    method.set_diagnostic_labels(torch.arange(24) % 3)
     reads = HostReads(monkeypatch)
     reads.counting = True
-    run_steps(method, 3)
+    run_steps(method, 3, labels=torch.arange(24) % 3)
     assert reads.calls == []
 
 
@@ -130,11 +138,11 @@ def test_the_trainer_reads_the_losses_once_per_logging_point_however_many_steps(
 @pytest.mark.parametrize("name", METHODS)
 def test_the_steps_of_every_method_never_synchronise_on_cuda(name):
     method = METHODS[name]().cuda()
-    method.set_diagnostic_labels((torch.arange(24) % 3).cuda())
-    run_steps(method, 1, "cuda")  # first use: cached constants are copied to the device once
+    labels = (torch.arange(24) % 3).cuda()
+    run_steps(method, 1, "cuda", labels)  # first use: cached constants are copied to the device once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        run_steps(method, 3, "cuda")
+        run_steps(method, 3, "cuda", labels)
     finally:
         torch.cuda.set_sync_debug_mode("default")

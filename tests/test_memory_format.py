@@ -3,21 +3,23 @@
 import pytest
 import torch
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
 from softcontrast.components.memory_format import channels_last_allowed, cpu_channels_last_hazards
 from softcontrast.data import ImageTensorDataset
-from softcontrast.methods import MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 
-def tiny_moco(width: int) -> MoCoV2:
+def tiny_moco(width: int) -> ContrastiveMethod:
     torch.manual_seed(0)
-    return MoCoV2(resnet("resnet18", width=width), view=for_image_size(moco_v2_cifar(), 8), queue_size=16,
-                  channels_last=True)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 8))
+    method = method_spec("moco")(resnet("resnet18", width=width), setup=setup, queue_size=16)
+    method.channels_last = True
+    return method
 
 
-def conv_weights_channels_last(method: MoCoV2) -> list[bool]:
+def conv_weights_channels_last(method: ContrastiveMethod) -> list[bool]:
     """For every 3×3 convolution (a 1×1 kernel is contiguous in both formats): channels-last only."""
     return [layer.weight.is_contiguous(memory_format=torch.channels_last) and not layer.weight.is_contiguous()
             for layer in method.online.modules()
@@ -35,7 +37,7 @@ def test_the_unsafe_shortcut_convolutions_are_found(width, unsafe):
     assert channels_last_allowed(resnet("resnet18", width=width), "cuda", notice=False)
 
 
-def train_two_steps(method: MoCoV2, tmp_path) -> None:
+def train_two_steps(method: ContrastiveMethod, tmp_path) -> None:
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     config = TrainConfig(epochs=1, batch_size=8, output_dir=str(tmp_path), log_every=1, checkpoint_every=0)
     Trainer(method, config, make_accelerator(cpu=True)).fit(ImageTensorDataset(images, torch.zeros(16).long(), ["a"]))

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns
+from softcontrast.components.memory import Memory
 from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup, mix_targets, sample_mix_params
-from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets import InfoNCE, SelfLabelingRefinery, Targets
 
@@ -22,13 +22,16 @@ SCRIPT = Path(__file__).parent / "distributed" / "mixers_two_process.py"
 def in_batch_targets(seed: int, batch: int, queue_size: int, filled: int, one_hot: bool) -> Targets:
     """Targets over ``[batch keys | Q]`` of random unit keys; queued ids collide with some rows."""
     generator = torch.Generator().manual_seed(seed)
-    queue = MemoryQueue(queue_size, 4)
+    memory = Memory(queue_size, 4)
     if filled:
-        queue.enqueue(F.normalize(torch.randn(filled, 4, generator=generator), dim=1),
-                      torch.randint(0, 2 * batch, (filled,), generator=generator))
+        memory.enqueue(F.normalize(torch.randn(filled, 4, generator=generator), dim=1),
+                       torch.randint(0, 2 * batch, (filled,), generator=generator))
     keys = F.normalize(torch.randn(batch, 4, generator=generator), dim=1)
-    columns = LogitColumns.build(keys, torch.arange(batch), queue, in_batch=True)
-    return (InfoNCE() if one_hot else SelfLabelingRefinery(tau=0.2, tau_prime=0.5, mu_start=1.0, mu_end=1.0))(columns)
+    ids = torch.arange(batch)
+    columns = Columns.build(keys[:, None], ids, memory, batch_negatives=True)
+    rows = columns.rows(ids, [None], keys=keys)
+    builder = InfoNCE() if one_hot else SelfLabelingRefinery(tau=0.2, tau_prime=0.5, mu_start=1.0, mu_end=1.0)
+    return builder(columns, rows)
 
 
 def random_params(seed: int, batch: int, theta: float | None = None) -> MixParams:
@@ -105,12 +108,14 @@ def test_sampled_parameters_are_beta_weights_and_a_permutation(per_sample, acros
 
 
 @pytest.mark.parametrize("kappa", [0.0, -1.0, float("nan")])
-def test_non_positive_kappa_is_rejected_naming_the_flag(kappa):
+def test_non_positive_kappa_is_rejected_naming_the_setting(kappa):
     for make in (MomentumMixup, InputMixup):
-        with pytest.raises(ValueError, match="--mixup-kappa"):
+        with pytest.raises(ValueError, match="mixup kappa") as error:
             make(kappa=kappa)
-    with pytest.raises(ValueError, match="--mixup-kappa"):
+        assert error.value.name == "mixup_kappa"
+    with pytest.raises(ValueError, match="mixup kappa") as error:
         sample_mix_params(4, kappa, "cpu")
+    assert error.value.name == "mixup_kappa"
 
 
 def test_the_default_draw_is_one_theta_per_batch_from_beta_two_two():

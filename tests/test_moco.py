@@ -4,13 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns
 from softcontrast.components.losses import soft_cross_entropy
-from softcontrast.components.queue import MemoryQueue
+from softcontrast.components.memory import Memory
 from softcontrast.components.targets import InfoNCE
-from softcontrast.methods import MoCoV2
+from softcontrast.methods import Setup, method_spec
+
+
+def moco(queue_size=16, **overrides):
+    """MoCo v2 on a width-8 ResNet-18, both views the MoCo v2 recipe at 16 px."""
+    torch.manual_seed(0)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 16))
+    return method_spec("moco")(resnet("resnet18", width=8), setup=setup, queue_size=queue_size, **overrides)
 
 
 def reference_infonce(q, k, queue, queue_ids, ids, tau):
@@ -28,38 +35,35 @@ def test_moco_loss_equals_reference_infonce():
     generator = torch.Generator().manual_seed(0)
     q = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=1)
     k = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=1)
-    queue = MemoryQueue(capacity=10, dim=8).double()
-    queue.enqueue(F.normalize(torch.randn(7, 8, generator=generator, dtype=torch.float64), dim=1),
-                  torch.tensor([0, 3, 50, 51, 52, 5, 53]))
+    memory = Memory(capacity=10, dim=8).double()
+    memory.enqueue(F.normalize(torch.randn(7, 8, generator=generator, dtype=torch.float64), dim=1),
+                   torch.tensor([0, 3, 50, 51, 52, 5, 53]))
     ids = torch.arange(6)
-    columns = LogitColumns.build(k, ids, queue)
-    targets = InfoNCE()(columns)
+    columns = Columns.build(k[:, None], ids, memory, batch_negatives=False)
+    targets = InfoNCE()(columns, columns.rows(ids, [None], keys=k))
     loss = soft_cross_entropy(columns.scores(q) / 0.2, targets.target, targets.mask)
-    expected = reference_infonce(q, k, queue.keys, queue.ids, ids, 0.2)
+    expected = reference_infonce(q, k, memory.embeddings, memory.ids, ids, 0.2)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_moco_step_trains_and_enqueues():
-    torch.manual_seed(0)
-    method = MoCoV2(resnet("resnet18", width=8), view=for_image_size(moco_v2_cifar(), 16), queue_size=16)
+    method = moco(queue_size=16)
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     output = method(images, torch.arange(8))
     output.loss.backward()
     assert all(p.grad is not None for p in method.online.parameters())
     assert all(p.grad is None for p in method.target_encoder.parameters())
     method.after_optimizer_step(0, 10)
-    assert sorted(method.queue.ids[method.queue.valid()].tolist()) == list(range(8))
+    assert sorted(method.memory.ids[method.memory.valid()].tolist()) == list(range(8))
 
 
 def test_symmetric_enqueues_both_keys():
-    torch.manual_seed(0)
-    method = MoCoV2(resnet("resnet18", width=8), view=for_image_size(moco_v2_cifar(), 16), queue_size=32,
-                    symmetric=True)
+    method = moco(queue_size=32, symmetric=True)
     method(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), torch.arange(4)).loss.backward()
     method.after_optimizer_step(0, 10)
-    assert int(method.queue.filled) == 8
+    assert int(method.memory.filled) == 8
 
 
 def test_non_positive_temperature_is_rejected():
     with pytest.raises(ValueError, match="temperature"):
-        MoCoV2(resnet("resnet18", width=8), temperature=0.0)
+        moco(temperature=0.0)

@@ -13,39 +13,37 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softcontrast.components.augment import ViewRecipe, to_float
+from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import projector_for, resnet
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.mixers import MixParams
-from softcontrast.components.multiview import ViewColumns
 from softcontrast.components.neighbors import NeighborSearch
+from softcontrast.components.targets import FalseNegativeCancellation
 from softcontrast.components.targets.false_negatives import aggregated_neighbors, aggregated_scores
-from softcontrast.components.targets.view_false_negatives import view_fnc_loss
-from softcontrast.methods import FNC, SANE, SCE, FNCOnMoCo, MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 
 BATCH, DIM, QUEUE, VIEWS, SUPPORT = 6, 16, 24, 3, 3
 VIEW = ViewRecipe(size=8)
 RELATIVE = 1e-3
 
 METHODS = {
-    "moco": lambda backbone, head: MoCoV2(backbone, head, view=VIEW, queue_size=QUEUE),
-    "sce": lambda backbone, head: SCE(backbone, head, query_view=VIEW, key_view=VIEW, queue_size=QUEUE),
-    "fnc-attract": lambda backbone, head: FNC(backbone, head, support_views=VIEWS - 2, top_k=3, threshold=0.2,
-                                              view=VIEW, memory_size=QUEUE),
-    "fnc-eliminate": lambda backbone, head: FNC(backbone, head, support_views=VIEWS - 2, top_k=3, threshold=0.2,
-                                                strategy="eliminate", view=VIEW, memory_size=QUEUE),
-    "fnc-on-moco": lambda backbone, head: FNCOnMoCo(backbone, head, support_views=SUPPORT, top_k=3, threshold=0.2,
-                                                    view=VIEW, queue_size=QUEUE),
-    "sane": lambda backbone, head: SANE(backbone, head, mu_start=2.0, mu_end=2.0, query_view=VIEW, key_view=VIEW,
-                                        queue_size=QUEUE),
+    "moco": ("moco", dict(queue_size=QUEUE)),
+    "sce": ("sce", dict(queue_size=QUEUE)),
+    "fnc-attract": ("fnc", dict(support_views=VIEWS - 2, top_k=3, threshold=0.2, memory_size=QUEUE)),
+    "fnc-eliminate": ("fnc", dict(support_views=VIEWS - 2, top_k=3, threshold=0.2, strategy="eliminate",
+                                  memory_size=QUEUE)),
+    "fnc-on-moco": ("fnc-moco", dict(detection_views=SUPPORT, top_k=3, threshold=0.2, queue_size=QUEUE)),
+    "sane": ("sane", dict(mu_start=2.0, mu_end=2.0, queue_size=QUEUE)),
 }
 
 
-def tiny(name: str):
+def tiny(name: str) -> ContrastiveMethod:
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=4)
-    return METHODS[name](backbone, projector_for(backbone, 16, DIM))
+    method, overrides = METHODS[name]
+    setup = Setup(projector=projector_for(backbone, 16, DIM), view=lambda recipe: VIEW)
+    return method_spec(method)(backbone, setup=setup, **overrides)
 
 
 def bf16():
@@ -64,11 +62,20 @@ def near(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def filled(method, generator: torch.Generator):
     """The method with its queue (or view memory) full of fp32 unit keys, some with the batch's ids."""
     ids = torch.randint(0, 3 * BATCH, (QUEUE,), generator=generator)
-    if isinstance(method, FNC):
-        method.queue.enqueue(unit(QUEUE, DIM, generator=generator), ids, ids % VIEWS)
+    if is_view_step(method):
+        method.memory.enqueue(unit(QUEUE, DIM, generator=generator), ids, ids % VIEWS)
     else:
-        method.queue.enqueue(unit(QUEUE, DIM, generator=generator), ids)
+        method.memory.enqueue(unit(QUEUE, DIM, generator=generator), ids)
     return method
+
+
+def is_view_step(method: ContrastiveMethod) -> bool:
+    """FNC as published: every view an anchor and a column."""
+    return len(method.passes[0].columns) > 1
+
+
+def detects(method: ContrastiveMethod) -> bool:
+    return isinstance(method.targets, FalseNegativeCancellation)
 
 
 # --- the stage after the encoders, on fixed fp32 embeddings ------------------------------------
@@ -82,9 +89,10 @@ def queue_stage(method, generator: torch.Generator) -> dict[str, torch.Tensor]:
     ids = torch.arange(BATCH)
 
     def stage():
-        columns = LogitColumns.build(keys, ids, method.queue, method.in_batch_keys)
-        targets = method.target_builder(columns, support if method.support_views else None)
-        parts = {"found": method.target_builder.false_negatives(columns, support)} if method.support_views else {}
+        columns = Columns.build(keys[:, None], ids, method.memory, method.batch_negatives)
+        rows = columns.rows(ids, [None], keys=keys, detectors=support)
+        targets = method.targets(columns, rows)
+        parts = {"found": method.targets.false_negatives(columns, rows)} if detects(method) else {}
         logits = columns.scores(queries) / method.temperature
         loss = soft_cross_entropy(logits, targets.target, targets.mask, reduction="none")
         return {**parts, "target": targets.target, "mask": targets.mask, "logits": logits, "loss": loss}
@@ -92,7 +100,7 @@ def queue_stage(method, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return stage
 
 
-def sane_stage(method: SANE, generator: torch.Generator):
+def sane_stage(method: ContrastiveMethod, generator: torch.Generator):
     """SANE: ``p``, ``q`` and ``ȳ`` over ``[batch keys | Q]``, the mixed label and eq. 9."""
     keys = unit(BATCH, DIM, generator=generator)
     queries, virtual = near(keys, generator), near(keys, generator)
@@ -100,32 +108,34 @@ def sane_stage(method: SANE, generator: torch.Generator):
     mixing = MixParams(torch.full((BATCH,), 0.3), torch.roll(torch.arange(BATCH), 1))
 
     def stage():
-        columns = LogitColumns.build(keys, ids, method.queue, in_batch=True)
-        refined = method.refinery(columns)
-        mixed = method.mixer.mix_targets(refined, mixing)
+        columns = Columns.build(keys[:, None], ids, method.memory, batch_negatives=True)
+        rows = columns.rows(ids, [None], keys=keys)
+        refined = method.mixed.labels(columns, rows)
+        mixed = method.mixed.mixer.mix_targets(refined, mixing)
         logits = columns.scores(queries) / method.temperature
         mixed_logits = columns.scores(virtual) / method.temperature
-        loss = ((1 - method.lam) * soft_cross_entropy(logits, columns.positive_one_hot(), columns.mask, "none")
-                + method.lam * soft_cross_entropy(mixed_logits, mixed.target, mixed.mask, reduction="none"))
+        lam = method.mixed.weight
+        loss = ((1 - lam) * soft_cross_entropy(logits, rows.positive_one_hot(), rows.mask, "none")
+                + lam * soft_cross_entropy(mixed_logits, mixed.target, mixed.mask, reduction="none"))
         return {"target": refined.target, "mixed_target": mixed.target, "logits": logits, "loss": loss}
 
     return stage
 
 
-def view_stage(method: FNC, generator: torch.Generator):
+def view_stage(method: ContrastiveMethod, generator: torch.Generator):
     """FNC as published: view columns, detected false negatives, targets, loss."""
     momentum = unit(BATCH, VIEWS, DIM, generator=generator)
     anchors = near(momentum, generator).reshape(BATCH * VIEWS, DIM)
     ids = torch.arange(BATCH)
-    builder = method.target_builder
+    builder = method.targets
 
     def stage():
-        columns = ViewColumns.build(momentum, ids, method.queue)
-        found = builder.false_negatives(columns, momentum, ids)
-        layout = columns.layout(ids.repeat_interleave(VIEWS), columns.own_columns(BATCH))
-        targets = builder(columns, layout, found.repeat_interleave(VIEWS, dim=0))
+        columns = Columns.build(momentum, ids, method.memory, memory_counts_block=method.memory_counts_block)
+        rows = columns.rows(ids, list(range(VIEWS)), detectors=momentum)
+        found = builder.false_negatives(columns, rows)
+        targets = builder(columns, rows)
         logits = columns.scores(anchors) / method.temperature
-        loss = view_fnc_loss(anchors, columns, targets, method.temperature, method.loss_scale)
+        loss = method.loss_scale * soft_cross_entropy(logits, targets.target, targets.mask)
         return {"found": found, "target": targets.target, "mask": targets.mask, "logits": logits, "loss": loss}
 
     return stage
@@ -135,7 +145,7 @@ def stage_of(name: str, generator: torch.Generator):
     method = filled(tiny(name), generator)
     if name == "sane":
         return sane_stage(method, generator)
-    if name.startswith("fnc-") and name != "fnc-on-moco":
+    if is_view_step(method):
         return view_stage(method, generator)
     return queue_stage(method, generator)
 
@@ -208,37 +218,46 @@ def test_whole_steps_under_bf16_autocast_keep_the_label_math_and_the_queue_in_fp
     """Two training steps under bf16 autocast: the loss is fp32; the queue (or view memory)
     stays fp32 and holds keys normalised in fp32 (unit to 1e-6, where a bf16 normalisation
     is off by ~1e-3). MoCo, SCE and FNC on MoCo: the step's query embeddings, logits and
-    targets are fp32 and the logits are the fp32 product of those embeddings. SANE: the
-    refined label of the step is fp32 and is the fp32 label of the step's columns."""
+    targets are fp32, the logits are the fp32 product of those embeddings and the step's
+    loss is the fp32 loss of them. SANE: the refined label of the step is fp32 and is the
+    fp32 label of the step's columns."""
     method = tiny(name)
     ids = torch.arange(BATCH)
     refined = []
     if name == "sane":
-        hook = method.refinery.register_forward_hook(lambda module, inputs, output: refined.append((inputs[0], output)))
+        hook = method.mixed.labels.register_forward_hook(
+            lambda module, inputs, output: refined.append((inputs, output)))
     for step in range(2):
         with bf16():
             output = method(images(step), ids + step * BATCH)
         assert output.loss.dtype == torch.float32
         output.loss.backward()
         method.after_optimizer_step(step, 10)
-    memory = method.queue.embeddings if isinstance(method, FNC) else method.queue.keys
-    filled_rows = method.queue.ids >= 0
+    memory = method.memory.embeddings
+    filled_rows = method.memory.ids >= 0
     assert filled_rows.any()
+    assert memory.dtype == torch.float32
     assert_fp32_unit_rows(memory[filled_rows])
 
     if name in ("moco", "sce", "fnc-on-moco"):
-        pixels = to_float(images(5))
+        queries = []
+        hook = method.online.register_forward_hook(lambda module, inputs, output: queries.append(output))
         with torch.no_grad(), bf16():
-            views, keys = method.query_augment(pixels), method.embed_keys(method.key_augment(pixels))
-            support = method.support_embeddings(pixels, keys)
-            contrast = method.contrast(views, keys, ids, support)
-        assert_fp32_unit_rows(contrast.query)
-        assert contrast.targets.target.dtype == contrast.logits.dtype == torch.float32
-        expected = contrast.columns.scores(contrast.query) / method.temperature
-        torch.testing.assert_close(contrast.logits, expected, rtol=RELATIVE, atol=1e-6)
+            output = method(images(5), ids)
+            query = queries[0]
+            logits = output.columns.scores(query) / method.temperature
+        hook.remove()
+        assert_fp32_unit_rows(query)
+        assert output.targets.target.dtype == logits.dtype == torch.float32
+        expected = output.columns.scores(query.double()) / method.temperature  # float64, without autocast
+        assert expected.dtype == torch.float64
+        torch.testing.assert_close(logits.double(), expected, rtol=RELATIVE, atol=1e-6)
+        loss = soft_cross_entropy(logits, output.targets.target, output.targets.mask)
+        torch.testing.assert_close(output.loss, loss, rtol=RELATIVE, atol=1e-6)
     if name == "sane":
         hook.remove()
         assert refined
-        for columns, targets in refined:
+        for (columns, rows), targets in refined:
             assert targets.target.dtype == torch.float32
-            torch.testing.assert_close(targets.target, method.refinery(columns).target, rtol=RELATIVE, atol=1e-7)
+            torch.testing.assert_close(targets.target, method.mixed.labels(columns, rows).target, rtol=RELATIVE,
+                                       atol=1e-7)

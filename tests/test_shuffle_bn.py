@@ -8,11 +8,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from softcontrast.components.augment import for_image_size, moco_v2_cifar
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import MLPHead, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm, grouped_forward, shared_permutation, unshuffle
 from softcontrast.components.streams import RandomStreams
-from softcontrast.methods import MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 
 SCRIPT = Path(__file__).parent / "distributed" / "shuffle_bn_two_process.py"
 
@@ -75,12 +75,16 @@ def test_split_bn_draws_its_permutation_and_updates_running_statistics_once_per_
     assert int(encoder.layers[1].num_batches_tracked) == 4
 
 
+def tiny_moco() -> ContrastiveMethod:
+    torch.manual_seed(0)
+    setup = Setup(view=lambda recipe: for_image_size(recipe, 8))
+    return method_spec("moco")(resnet("resnet18", width=4), setup=setup, queue_size=16)
+
+
 def test_the_method_encodes_keys_with_split_bn_only_when_asked():
-    view = for_image_size(moco_v2_cifar(), 8)
-    torch.manual_seed(0)
-    method = MoCoV2(resnet("resnet18", width=4), view=view, queue_size=16, shuffle_bn=ShuffleBatchNorm(2))
-    torch.manual_seed(0)
-    plain = MoCoV2(resnet("resnet18", width=4), view=view, queue_size=16)
+    method = tiny_moco()
+    method.shuffle_bn = ShuffleBatchNorm(2)
+    plain = tiny_moco()
     views = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     shared = torch.Generator()
     shared.set_state(method.streams.shared.get_state())

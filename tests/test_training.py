@@ -1,5 +1,6 @@
 """The trainer end to end on tiny data: learning, exact resume, clear errors."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 from softcontrast.checkpoints import list_checkpoints
-from softcontrast.components.augment import for_image_size, moco_v2_cifar, sce_strong, sce_weak
+from softcontrast.components.augment import for_image_size
 from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
-from softcontrast.methods import SCE, MoCoV2
+from softcontrast.methods import ContrastiveMethod, Setup, method_names, method_spec
 from softcontrast.training import CheckpointMismatchError, TrainConfig, Trainer, make_accelerator, warmup_cosine
 
 SCHEDULES_SCRIPT = Path(__file__).parent / "distributed" / "schedules_two_process.py"
@@ -24,10 +25,15 @@ def tiny_data(n=48, size=16, seed=0):
     return ImageTensorDataset(images, torch.arange(n) % 3, ["a", "b", "c"])
 
 
-def tiny_sce(queue_size=32):
+def tiny_method(name, size=16, width=8, **overrides) -> ContrastiveMethod:
+    """Registered method ``name`` on a width-``width`` ResNet-18, every default view recipe at ``size`` px."""
     torch.manual_seed(0)
-    return SCE(resnet("resnet18", width=8), queue_size=queue_size,
-               query_view=for_image_size(sce_strong(), 16), key_view=for_image_size(sce_weak(), 16))
+    setup = Setup(view=lambda recipe: for_image_size(recipe, size))
+    return method_spec(name)(resnet("resnet18", width=width), setup=setup, **overrides)
+
+
+def tiny_sce(queue_size=32):
+    return tiny_method("sce", queue_size=queue_size)
 
 
 def fit(method, tmp_path, data=None, test=None, **overrides):
@@ -39,8 +45,7 @@ def fit(method, tmp_path, data=None, test=None, **overrides):
 def test_training_lowers_the_loss_on_digits(tmp_path):
     splits = load_source("digits", 16)
     train = splits.train.subset(256)
-    torch.manual_seed(0)
-    method = MoCoV2(resnet("resnet18", width=8), view=for_image_size(moco_v2_cifar(), 16), queue_size=128)
+    method = tiny_method("moco", queue_size=128)
     result = fit(method, tmp_path, train, splits.test.subset(64), epochs=6, batch_size=32, lr=0.1)
     first, last = sum(result.losses[4:8]) / 4, sum(result.losses[-4:]) / 4
     assert last < first - 0.1, (first, last)
@@ -76,7 +81,7 @@ def test_resume_without_checkpoint_is_explained(tmp_path):
 
 
 def test_queue_smaller_than_the_global_batch_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="queue size 4 is smaller than the global batch 8"):
+    with pytest.raises(ValueError, match=r"queue_size 4 is smaller than one block of the global batch \(8 images"):
         fit(tiny_sce(queue_size=4), tmp_path)
 
 
@@ -146,3 +151,43 @@ def test_schedules_advance_once_per_global_step_on_two_processes(tmp_path, run_t
     assert len({r[1] for r in one}) > 4 and len({r[2] for r in one}) > 4 and len({r[3] for r in one}) > 4
     assert [r[0] for r in two] == [r[0] for r in one]
     assert [x for r in two for x in r[1:]] == pytest.approx([x for r in one for x in r[1:]], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_registered_method_is_the_one_step(name):
+    """No preset overrides the step: every method is a ContrastiveMethod and a whole step runs through it."""
+    method = tiny_method(name, size=8, width=4, **({"queue_size": 16} if "queue_size" in _fields(name) else {}))
+    assert type(method) is ContrastiveMethod
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    output = method(images, torch.arange(4))
+    output.loss.backward()
+    method.after_optimizer_step(0, 10)
+    assert torch.isfinite(output.loss)
+    assert method.memory.filled.item() == min(method.memory.capacity, method.block_size(4))
+
+
+def _fields(name):
+    return {field.name for field in dataclasses.fields(method_spec(name).config)}
+
+
+@pytest.mark.parametrize(
+    "name, overrides, diagnostics",
+    [("fnc", {"support_views": 1, "memory_size": 32, "threshold": 0.0}, {"false_negatives_per_row"}),
+     ("sce", {"queue_size": 32}, {"same_class_negatives", "same_class_target_mass", "cancelled_precision"})],
+)
+def test_the_trainer_logs_the_step_diagnostics(tmp_path, name, overrides, diagnostics):
+    """The step's diagnostics come from ``step_diagnostics`` at every logging point: FNC's detected false
+    negatives (also without labels), SCE's label diagnostics (with the training labels)."""
+    fit(tiny_method(name, **overrides), tmp_path, epochs=1, checkpoint_every=0)
+    records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    for record in records:
+        assert diagnostics <= set(record), sorted(record)
+    if name == "fnc":
+        assert any(r["false_negatives_per_row"] > 0 for r in records)
+    fit(tiny_method(name, **overrides), tmp_path / "unlabelled", epochs=1, checkpoint_every=0,
+        label_diagnostics=False)
+    unlabelled = [json.loads(line) for line in (tmp_path / "unlabelled" / "metrics.jsonl").read_text().splitlines()]
+    logged = set().union(*map(set, unlabelled))
+    assert ("false_negatives_per_row" in logged) == (name == "fnc")
+    assert "same_class_negatives" not in logged and "cancelled_precision" not in logged

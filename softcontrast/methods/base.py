@@ -205,6 +205,8 @@ class ContrastiveMethod(nn.Module):
         self.detection_augment = BatchAugment(detection_view or first_column)
         self.small_crops = small_crops
         self.mixed = mixed
+        # The mixed term's labels may hold state (SANE's µ): a submodule, so state_dict, checkpoints and .to() see it.
+        self.mixed_labels = mixed.labels if mixed is not None and isinstance(mixed.labels, nn.Module) else None
         self.temperature = temperature
         self.momentum = momentum
         self.final_momentum = momentum if final_momentum is None else final_momentum

@@ -11,7 +11,10 @@ from softcontrast.components.targets import InfoNCE, SelfLabelingRefinery
 from softcontrast.methods.base import ContrastiveMethod, MixedTerm
 from softcontrast.methods.common import QueueSettings
 from softcontrast.methods.registry import Setup
-from softcontrast.settings import SettingError, setting
+from softcontrast.settings import SettingError, check_choice, setting
+
+#: The views SANE's momentum mixup can mix with.
+MIXUP_VIEWS = ("weak", "strong")
 
 
 @dataclass
@@ -26,11 +29,15 @@ class SANEConfig(QueueSettings):
     lam: float = setting(0.5, "λ in [0, 1], weight of the mixup loss")
     mixup_kappa: float = setting(2.0, "κ of θ ~ Beta(κ, κ)")
     mixup_view: str = setting("weak", "mix with the partner's key view (weak) or a strongly augmented view (strong)",
-                              choices=("weak", "strong"))
+                              choices=MIXUP_VIEWS)
     per_sample_theta: bool = setting(False, "one θ per sample instead of one per batch (an open detail)")
     use_p: bool = setting(True, "keep p in the refined label (off: the q-only ablation)", flag="p")
     use_q: bool = setting(True, "keep q in the refined label (off: the p-only ablation)", flag="q")
     mixup: bool = setting(True, "mix the queries (off: contrast x itself against the refined label)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("mixup_view", self.mixup_view, MIXUP_VIEWS, "SANE")
 
 
 def build_sane(config: SANEConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:

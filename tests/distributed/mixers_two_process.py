@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from softcontrast.components.columns import LogitColumns
+from softcontrast.components.columns import Columns
+from softcontrast.components.memory import Memory
 from softcontrast.components.mixers import MixParams, MomentumMixup
-from softcontrast.components.queue import MemoryQueue
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets import SelfLabelingRefinery
 
@@ -41,11 +41,13 @@ def global_problem() -> dict[str, torch.Tensor]:
 
 def mixed_step(problem: dict[str, torch.Tensor], rows: slice, across_processes: bool) -> dict[str, torch.Tensor]:
     """Mixed inputs and SANE's refined labels of ``rows`` of the problem."""
-    queue = MemoryQueue(QUEUE, DIM)
-    queue.keys.copy_(problem["queue_keys"])
-    queue.ids.copy_(problem["queue_ids"])
-    columns = LogitColumns.build(problem["keys"][rows], problem["ids"][rows], queue, in_batch=True)
-    targets = SelfLabelingRefinery(tau=0.2, tau_prime=0.8, mu_start=1.5, mu_end=1.5)(columns)
+    memory = Memory(QUEUE, DIM)
+    memory.embeddings.copy_(problem["queue_keys"])
+    memory.ids.copy_(problem["queue_ids"])
+    keys, ids = problem["keys"][rows], problem["ids"][rows]
+    columns = Columns.build(keys[:, None], ids, memory, batch_negatives=True)
+    anchors = columns.rows(ids, [None], keys=keys)
+    targets = SelfLabelingRefinery(tau=0.2, tau_prime=0.8, mu_start=1.5, mu_end=1.5)(columns, anchors)
     params = MixParams(problem["theta"][rows], problem["partner"][rows], across_processes)
     mixer = MomentumMixup(kappa=1.0)
     mixed = mixer.mix_targets(targets, params)

@@ -14,7 +14,7 @@ import torch
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.data import ImageTensorDataset
-from softcontrast.methods import SANE
+from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 GLOBAL_BATCH, SIZE = 16, 8
@@ -26,13 +26,14 @@ def schedule_data() -> ImageTensorDataset:
     return ImageTensorDataset(images, torch.arange(64) % 4, ["a", "b", "c", "d"])
 
 
-def tiny_sane() -> SANE:
+def tiny_sane() -> ContrastiveMethod:
     """SANE with every schedule moving: EMA momentum 0.9 → 1, ``µ`` 0.5 → 2."""
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=4)
     view = ViewRecipe(size=SIZE)
-    return SANE(backbone, projector_for(backbone, 16, 8), mu_start=0.5, mu_end=2.0, momentum=0.9,
-                final_momentum=1.0, queue_size=32, query_view=view, key_view=view)
+    setup = Setup(projector=projector_for(backbone, 16, 8), view=lambda recipe: view)
+    return method_spec("sane")(backbone, setup=setup, mu_start=0.5, mu_end=2.0, momentum=0.9, final_momentum=1.0,
+                               queue_size=32)
 
 
 def train(out: Path, num_processes: int) -> None:

@@ -18,7 +18,7 @@ from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.mixers import MomentumMixup
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.data import ImageTensorDataset
-from softcontrast.methods import SANE
+from softcontrast.methods import Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
 
 BATCH, IMAGES = 4, 24  # 3 steps of 2 × 4 images
@@ -41,8 +41,10 @@ def main(out: Path) -> None:
     torch.manual_seed(0)
     backbone = resnet("resnet18", width=4)
     view = ViewRecipe(size=8)
-    method = SANE(backbone, projector_for(backbone, 16, 8), queue_size=16, query_view=view, key_view=view,
-                  mixer=RecordingMixup(), shuffle_bn=ShuffleBatchNorm(2))
+    setup = Setup(projector=projector_for(backbone, 16, 8), view=lambda recipe: view)
+    method = method_spec("sane")(backbone, setup=setup, queue_size=16)
+    method.mixed.mixer = RecordingMixup()
+    method.shuffle_bn = ShuffleBatchNorm(2)
     views, permutations, images = [], [], []
     method.register_forward_pre_hook(lambda module, args: images.append(args[0].clone()))
     method.online.register_forward_pre_hook(lambda module, args: views.append(args[0].detach().clone()))
