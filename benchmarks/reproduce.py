@@ -46,7 +46,7 @@ from softcontrast.components.augment import center_view, for_image_size, moco_v2
 from softcontrast.components.backbones import resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.evaluation import extract_features, knn_feature_accuracy, linear_probe_accuracy
-from softcontrast.evaluation.command import backbone_settings
+from softcontrast.run_settings import saved_settings
 
 RECIPES = EXAMPLES.parent / "softcontrast" / "recipes"
 #: The CPU table: name = registered method[-label], its recipe, and its extra flags.
@@ -220,7 +220,8 @@ def main() -> None:
                 train = splits.train if settings["train_subset"] is None else splits.train.subset(
                     settings["train_subset"], seed=seed)
                 view_size = settings["view_size"]
-                arch, width, cifar_stem = backbone_settings(settings)
+                model = saved_settings(settings).model
+                arch, width, cifar_stem = model.backbone, model.width, model.cifar_stem
                 backbone = resnet(arch, cifar_stem=cifar_stem, width=width)
                 key = (seed, settings["train_subset"], view_size, arch, width, cifar_stem)
                 if key not in baselines:
@@ -279,7 +280,8 @@ def cache_as_npz(source: str, path: Path) -> str:
 def baseline_runs(settings: dict[str, Any], seed: int, train, test) -> dict[str, Any]:
     """Raw pixels and the random-init network of ``seed`` (built as the examples build it)."""
     set_seed(seed)
-    arch, width, cifar_stem = backbone_settings(settings)
+    model = saved_settings(settings).model
+    arch, width, cifar_stem = model.backbone, model.width, model.cifar_stem
     network = resnet(arch, cifar_stem=cifar_stem, width=width)
     view_size = settings["view_size"]
     return {"runs": [

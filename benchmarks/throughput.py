@@ -60,6 +60,7 @@ from softcontrast.components.backbones import projector_for, resnet
 from softcontrast.components.memory_format import to_channels_last
 from softcontrast.data import ImageTensorDataset, TrainingBatches, load_source
 from softcontrast.methods import ContrastiveMethod, Setup, method_names, method_spec
+from softcontrast.methods.registry import load_plugin
 
 VARIANTS = ("eager", "channels_last", "compile")
 LIGHTLY = "lightly-moco"
@@ -659,7 +660,13 @@ def write_report(args: argparse.Namespace, results: list[dict], breakdowns: list
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    plugins = argparse.ArgumentParser(add_help=False)
+    plugins.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE")
+    for source in plugins.parse_known_args(argv)[0].plugin:
+        load_plugin(source)  # registers the user's methods before --methods lists the choices
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="a Python file or module that registers methods to measure (repeatable)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-zip", type=Path, help="image-folder zip holding train/<class>/<image> (e.g. CIFAR-10)")
     data.add_argument("--dataset", default="digits", help="a softcontrast source string instead of --data-zip")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 #: Pages whose ```python blocks are run, in order, as one script per page.
-EXECUTED_PAGES = ("getting-started.md", "compose.md")
+EXECUTED_PAGES = ("getting-started.md", "compose.md", "add-a-method.md")
 
 PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 REMOTE_ASSET = re.compile(

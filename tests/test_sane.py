@@ -275,7 +275,7 @@ def test_the_step_drives_mu_and_a_checkpoint_restores_it():
         method.after_optimizer_step(step, 10)
         assert method.mixed.labels.mu.item() == pytest.approx(confidence_schedule(step + 1, 10, 0.5, 3.0))
     state = method.state_dict()
-    assert "mixed_labels.mu" in state
+    assert "mixed.labels.mu" in state
     resumed = tiny_sane(mu_start=0.5, mu_end=3.0)
     resumed.load_state_dict(state)
     resumed.streams.load_state_dict(method.streams.state_dict())  # a checkpoint holds both

@@ -49,15 +49,15 @@ TWO_VIEW = (Pass((0,), (1,)),)
 SYMMETRIC = (Pass((0,), (1,)), Pass((1,), (0,)))
 
 
-@dataclass
-class MixedTerm:
+class MixedTerm(nn.Module):
     """The optional second term ``L = (1 − λ)·L(x, y) + λ·L(x′, y′)`` (SANE, eq. 9).
 
     ``y′`` mixes the ``labels`` builder's targets and ``x′`` the anchor view with a
     partner's ``source`` view (:class:`~softcontrast.components.mixers.Mixer`); without a
-    mixer, ``x′ = x`` and ``y′`` is the labels' target.
+    mixer, ``x′ = x`` and ``y′`` is the labels' target. A module, so that state of the
+    labels (SANE's ``µ``) is in the method's ``state_dict`` and checkpoints.
 
-    Attributes:
+    Args:
         weight: ``λ`` in ``[0, 1]``.
         labels: builds ``y′`` before mixing (SANE's refinery).
         mixer: draws ``θ`` and partners and mixes inputs and targets, or ``None``.
@@ -65,14 +65,14 @@ class MixedTerm:
             column view, e.g. the partner's key view).
     """
 
-    weight: float
-    labels: TargetBuilder
-    mixer: Mixer | None = None
-    source: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.weight <= 1.0:
-            raise SettingError("lam", f"the mixed term's weight λ must lie in [0, 1], got {self.weight}")
+    def __init__(self, weight: float, labels: TargetBuilder, mixer: Mixer | None = None, source: int | None = None):
+        super().__init__()
+        if not 0.0 <= weight <= 1.0:
+            raise SettingError("lam", f"the mixed term's weight λ must lie in [0, 1], got {weight}")
+        self.weight = float(weight)
+        self.labels = labels
+        self.mixer = mixer
+        self.source = source
 
     @property
     def mixes(self) -> bool:
@@ -205,8 +205,6 @@ class ContrastiveMethod(nn.Module):
         self.detection_augment = BatchAugment(detection_view or first_column)
         self.small_crops = small_crops
         self.mixed = mixed
-        # The mixed term's labels may hold state (SANE's µ): a submodule, so state_dict, checkpoints and .to() see it.
-        self.mixed_labels = mixed.labels if mixed is not None and isinstance(mixed.labels, nn.Module) else None
         self.temperature = temperature
         self.momentum = momentum
         self.final_momentum = momentum if final_momentum is None else final_momentum
