@@ -4,7 +4,7 @@ Unlike ``step_time.py`` (which swaps one function inside one process), this comp
 any two revisions, whatever changed between them: ``--before`` is a git revision
 extracted with ``git archive`` into a scratch folder, ``--after`` the working tree
 (or another revision). Each measurement is a fresh process that imports one tree,
-builds a tiny MoCo v2 or SCE (same seed, data and settings; through the method
+builds a tiny MoCo v2, SCE or FNC as published (same seed, data and settings; through the method
 registry, or by class name in a revision from before it), runs warm-up steps and
 then times ``--steps`` whole optimizer steps (views, forward, backward, SGD step,
 EMA update, enqueue) on one thread. Rounds alternate which revision goes first; the
@@ -29,7 +29,7 @@ from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("moco", "sce")
+METHODS = ("moco", "sce", "fnc")
 
 #: One measurement, run in a fresh process whose import path starts at the tree under test.
 CHILD = """
@@ -40,18 +40,23 @@ method_name, batch, size, width, warmup, steps = sys.argv[1], *map(int, sys.argv
 torch.set_num_threads(1)
 torch.manual_seed(0)
 backbone = resnet("resnet18", width=width)
+# The two-view methods against a queue of 4 batches; FNC as published with V = 4 views per
+# image (S = 2) and a memory of 16 batches of images' view entries.
+settings = {"fnc": {"support_views": 2, "memory_size": 16 * batch}}.get(method_name, {"queue_size": 4 * batch})
 try:
     from softcontrast.methods.registry import Setup, method_spec
 except ImportError:  # a revision from before the method registry: its classes
-    from softcontrast.methods import SCE, MoCoV2
+    from softcontrast.methods import FNC, SCE, MoCoV2
     if method_name == "moco":
-        method = MoCoV2(backbone, view=for_image_size(moco_v2_cifar(), size), queue_size=4 * batch)
+        method = MoCoV2(backbone, view=for_image_size(moco_v2_cifar(), size), **settings)
+    elif method_name == "fnc":
+        method = FNC(backbone, view=for_image_size(moco_v2_cifar(), size), **settings)
     else:
         method = SCE(backbone, query_view=for_image_size(sce_strong(), size),
-                     key_view=for_image_size(sce_weak(), size), queue_size=4 * batch)
+                     key_view=for_image_size(sce_weak(), size), **settings)
 else:
     setup = Setup(view=lambda recipe: for_image_size(recipe, size), global_batch=batch)
-    method = method_spec(method_name)(backbone, setup=setup, queue_size=4 * batch)
+    method = method_spec(method_name)(backbone, setup=setup, **settings)
 optimizer = torch.optim.SGD(method.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
 images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 ids = torch.arange(batch)
