@@ -187,7 +187,10 @@ class Columns:
         row_ids = ids.repeat_interleave(per_image)
         device = ids.device
         images = torch.arange(ids.shape[0], device=device).repeat_interleave(per_image)
-        view_of = torch.tensor([NO_COLUMN if v is None else v for v in own_views], device=device)
+        view_of = torch.full((per_image,), NO_COLUMN, dtype=torch.long, device=device)
+        for anchor, view in enumerate(own_views):  # fills on the device: no copy from the host
+            if view is not None:
+                view_of[anchor] = view
         view_of = view_of.repeat(ids.shape[0])
         same_image = self.ids[None, :] == row_ids[:, None]
         empty = (self.ids == EMPTY_ID)[None, :]
