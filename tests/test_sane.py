@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +32,8 @@ from softcontrast.settings import SettingError
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
 SCRIPT = Path(__file__).parent / "distributed" / "sane_two_process.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from sane_two_process import GivenMixing, GivenViews  # noqa: E402  (stand-ins shared with the 2-process run)
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sane.py"
 
 
@@ -226,34 +227,6 @@ def tiny_sane(view=lambda recipe: VIEW, **overrides) -> ContrastiveMethod:
     return method_spec("sane")(backbone, setup=setup, **{"queue_size": 12, **overrides})
 
 
-class GivenViews(nn.Module):
-    """Stands in for a step's view maker: returns the given views instead of augmenting the images."""
-
-    def __init__(self, views, recipes):
-        super().__init__()
-        self.given, self.recipes = list(views), recipes
-
-    def forward(self, images, generator=None):
-        return list(self.given)
-
-
-@dataclasses.dataclass
-class GivenMixing:
-    """A mixer whose draw is given: ``mixer``'s mixing with ``params``."""
-
-    mixer: object
-    params: MixParams
-
-    def sample(self, batch, device, streams=None):
-        return self.params
-
-    def mix_inputs(self, queries, keys, params):
-        return self.mixer.mix_inputs(queries, keys, params)
-
-    def mix_targets(self, targets, params):
-        return self.mixer.mix_targets(targets, params)
-
-
 def sane_step(method, query_views, key_views, ids, strong_views=None, mixing=None):
     """The method's one step on given query, key (and, with ``mixup_view="strong"``, strong) views and mixing draw."""
     given = [query_views, key_views, strong_views][: len(method.views.recipes)]
@@ -395,7 +368,6 @@ def test_a_sane_step_trains(options):
 def test_two_processes_give_the_loss_of_one_process_on_the_concatenated_batch(tmp_path, run_two_processes):
     run_two_processes(SCRIPT, tmp_path)
 
-    sys.path.insert(0, str(SCRIPT.parent))
     from sane_two_process import global_problem, sane_step
 
     ranks = [torch.load(tmp_path / f"sane_rank{rank}.pt") for rank in range(2)]
