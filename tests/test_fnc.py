@@ -13,7 +13,7 @@ from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory import EMPTY_ID, Memory
 from softcontrast.components.neighbors import NeighborSearch
-from softcontrast.components.targets import FalseNegativeCancellation, InfoNCE, Targets
+from softcontrast.components.targets import InfoNCE, Targets
 from softcontrast.components.targets.false_negatives import (
     aggregated_neighbors,
     column_false_negatives,
@@ -21,6 +21,7 @@ from softcontrast.components.targets.false_negatives import (
 )
 from softcontrast.evaluation import step_diagnostics
 from softcontrast.methods import Setup, method_spec
+from softcontrast.methods.common import DetectionSettings
 
 
 def unit(*shape, generator):
@@ -117,8 +118,8 @@ def test_false_negatives_are_the_top_k_candidate_columns_above_threshold(step, t
     """The candidates are the shared columns (the memory of ``[k_i | memory]``; the other
     images' keys and the memory of ``[batch keys | memory]``) that hold neither the row's image nor nothing."""
     columns, rows = step
-    found = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation)(columns, rows)
-    flags = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation).false_negatives(columns, rows)
+    found = DetectionSettings(top_k, threshold, aggregation=aggregation).detector()(columns, rows)
+    flags = DetectionSettings(top_k, threshold, aggregation=aggregation).detector().false_negatives(columns, rows)
     start = columns.lead
     assert not flags[:, :start].any()
     assert not (flags & rows.mask).any() and not (flags & rows.positive).any()
@@ -139,7 +140,7 @@ def test_false_negatives_are_the_top_k_candidate_columns_above_threshold(step, t
 @given(step=steps, strategy=st.sampled_from(["eliminate", "attract"]))
 def test_copies_of_the_rows_own_key_and_empty_slots_are_never_false_negatives(step, strategy):
     columns, rows = step
-    flags = FalseNegativeCancellation(top_k=30, threshold=-1.0, strategy=strategy).false_negatives(columns, rows)
+    flags = DetectionSettings(top_k=30, threshold=-1.0, strategy=strategy).detector().false_negatives(columns, rows)
     start = columns.lead
     own = columns.ids[None, :] == rows.ids[:, None]
     empty = columns.ids == EMPTY_ID
@@ -153,7 +154,7 @@ def test_without_false_negatives_target_and_loss_are_exactly_infonce(step, strat
     columns, rows = step
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(rows.mask.shape, generator=generator)
-    fnc = FalseNegativeCancellation(threshold=1.0, strategy=strategy)(columns, rows)
+    fnc = DetectionSettings(threshold=1.0, strategy=strategy).detector()(columns, rows)
     infonce = InfoNCE()(columns, rows)
     assert torch.equal(fnc.target, infonce.target) and torch.equal(fnc.mask, infonce.mask)
     assert torch.equal(soft_cross_entropy(logits, fnc.target, fnc.mask),
@@ -165,7 +166,7 @@ def test_without_false_negatives_target_and_loss_are_exactly_infonce(step, strat
 @given(step=steps, top_k=st.integers(1, 6), threshold=st.floats(-1.0, 0.5))
 def test_attract_is_uniform_over_positive_and_false_negatives(step, top_k, threshold):
     columns, rows = step
-    builder = FalseNegativeCancellation(top_k, threshold, strategy="attract")
+    builder = DetectionSettings(top_k, threshold, strategy="attract").detector()
     flags, targets = builder.false_negatives(columns, rows), builder(columns, rows)
     members = flags | rows.positive
     expected = members.float() / members.sum(dim=1, keepdim=True)
@@ -178,7 +179,7 @@ def test_attract_is_uniform_over_positive_and_false_negatives(step, top_k, thres
 @given(step=steps, top_k=st.integers(1, 6), threshold=st.floats(-1.0, 0.5))
 def test_eliminate_masks_false_negatives_and_keeps_the_one_hot_target(step, top_k, threshold):
     columns, rows = step
-    builder = FalseNegativeCancellation(top_k, threshold, strategy="eliminate")
+    builder = DetectionSettings(top_k, threshold, strategy="eliminate").detector()
     flags, targets = builder.false_negatives(columns, rows), builder(columns, rows)
     assert torch.equal(targets.mask, rows.mask | flags)
     assert torch.equal(targets.target, rows.positive_one_hot())
@@ -191,8 +192,8 @@ def test_eliminate_masks_false_negatives_and_keeps_the_one_hot_target(step, top_
        aggregation=st.sampled_from(["max", "mean"]), backend=st.sampled_from(["faiss-flat", "auto"]))
 def test_search_backends_find_the_same_false_negatives(step, top_k, threshold, aggregation, backend):
     columns, rows = step
-    reference = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation, backend="torch")
-    other = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation, backend=backend)
+    reference = DetectionSettings(top_k, threshold, aggregation=aggregation, search_backend="torch").detector()
+    other = DetectionSettings(top_k, threshold, aggregation=aggregation, search_backend=backend).detector()
     scores = aggregated_scores(columns, rows, aggregation)
     near_tie = (scores[:, :, None] - scores[:, None, :]).abs() + torch.eye(scores.shape[1]) < 1e-5
     if not near_tie.any() and not ((scores - threshold).abs() < 1e-5).any():
@@ -209,7 +210,7 @@ def test_bank_flags_memory_columns_that_hold_found_images():
     keys, ids = images[:2], torch.tensor([0, 1])
     columns = Columns.build(keys[:, None], ids, memory, batch_negatives=False)
     rows = columns.rows(ids, [None], keys=keys, detectors=keys[:, None])
-    builder = FalseNegativeCancellation(top_k=1, threshold=-1.0, bank=bank)
+    builder = DetectionSettings(top_k=1, threshold=-1.0).detector(bank)
     flags = builder.false_negatives(columns, rows)
     scores = keys @ images.T
     for row, own in enumerate([0, 1]):
@@ -223,11 +224,11 @@ def test_bank_flags_memory_columns_that_hold_found_images():
     "kwargs, message",
     [({"top_k": 0}, "top_k"), ({"threshold": 1.5}, "threshold"), ({"threshold": -1.01}, "threshold"),
      ({"strategy": "ignore"}, "strategy"), ({"aggregation": "median"}, "aggregation"),
-     ({"backend": "annoy"}, "backend")],
+     ({"search_backend": "annoy"}, "search_backend")],
 )
 def test_bad_hyperparameters_give_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        FalseNegativeCancellation(**kwargs)
+        DetectionSettings(**kwargs).detector()
 
 
 def fnc_on_moco(**config):
@@ -276,8 +277,8 @@ def test_fnc_with_a_bank_trains_and_fills_the_bank():
 
 
 def test_memory_search_keeps_one_index_and_asks_for_no_more_than_the_filled_slots(recording_search):
-    builder = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="faiss-flat")
-    exact = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="torch")
+    builder = DetectionSettings(top_k=3, threshold=-1.0, search_backend="faiss-flat").detector()
+    exact = DetectionSettings(top_k=3, threshold=-1.0, search_backend="torch").detector()
     recording, indexes = recording_search("faiss-flat"), []
     for seed in (5, 6):
         columns, rows = random_step(seed, batch=4, views=3, fill=32, capacity=4096, dim=8, duplicates=2)

@@ -17,11 +17,11 @@ from softcontrast.components.columns import Columns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory import Memory
 from softcontrast.components.multiview import embed_views
-from softcontrast.components.targets import FalseNegativeCancellation
 from softcontrast.components.targets.false_negatives import column_false_negatives
 from softcontrast.evaluation import step_diagnostics
 from softcontrast.cli import build_parser, make_method, resolve
 from softcontrast.methods import Setup, method_spec
+from softcontrast.methods.common import DetectionSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -105,7 +105,7 @@ def test_loss_equals_the_equations_in_plain_loops_in_float64(strategy, aggregati
                                           dtype=torch.float64)
     assert memory.filled == 6 and (memory.ids == ids[0]).any()
     threshold = -0.05
-    builder = FalseNegativeCancellation(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation)
+    builder = DetectionSettings(top_k=4, threshold=threshold, strategy=strategy, aggregation=aggregation).detector()
     # this library's layout (the block in front of every memory slot): a 6-entry memory behind a 9-entry block
     loss, columns, found, _, _ = library_loss(anchors, momentum, ids, memory, builder, temperature=0.1,
                                               memory_counts_block=False)
@@ -132,7 +132,7 @@ def test_the_memory_counts_the_block_as_published_in_float64(strategy):
     generator = torch.Generator().manual_seed(3)
     memory = Memory(capacity, dim).to(torch.float64)
     official = [(torch.zeros(dim, dtype=torch.float64), -1, -1)] * capacity  # (embedding, id, view), head first
-    builder = FalseNegativeCancellation(top_k=3, threshold=-0.2, strategy=strategy)
+    builder = DetectionSettings(top_k=3, threshold=-0.2, strategy=strategy).detector()
     for _ in range(5):
         anchors = unit(images, views, dim, generator=generator, dtype=torch.float64)
         momentum = unit(images, views, dim, generator=generator, dtype=torch.float64)
@@ -155,7 +155,7 @@ def test_the_memory_counts_the_block_as_published_in_float64(strategy):
 def test_without_memory_the_online_views_are_columns_and_detectors_with_gradient_in_float64(strategy):
     anchors, _, ids, _ = step(seed=5, images=3, views=3, fill=0, capacity=0, dtype=torch.float64)
     anchors.requires_grad_()
-    builder = FalseNegativeCancellation(top_k=2, threshold=-0.1, strategy=strategy)
+    builder = DetectionSettings(top_k=2, threshold=-0.1, strategy=strategy).detector()
     loss, columns, found, _, _ = library_loss(anchors, anchors, ids, None, builder, 0.1, gradient=True)
     (grad,) = torch.autograd.grad(loss, anchors)
     expected = loop_loss(anchors, anchors, ids, [], 2, -0.1, strategy, 0.1)
@@ -200,7 +200,7 @@ def test_published_fnc_without_memory_trains_through_the_online_columns_in_float
        aggregation=st.sampled_from(["max", "mean"]))
 def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, top_k, threshold, aggregation):
     anchors, momentum, ids, memory = case
-    builder = FalseNegativeCancellation(top_k, threshold, aggregation=aggregation)
+    builder = DetectionSettings(top_k, threshold, aggregation=aggregation).detector()
     columns = Columns.build(momentum, ids, memory, memory_counts_block=False)
     found = builder.false_negatives(columns, columns.rows(ids, list(range(momentum.shape[1])), detectors=momentum))
     own_or_empty = (columns.ids[None, :] == ids[:, None]) | (columns.ids == -1)[None, :]
@@ -220,7 +220,7 @@ def test_detection_is_top_k_of_other_images_view_entries_above_threshold(case, t
        strategy=st.sampled_from(["attract", "eliminate"]))
 def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, top_k, threshold, strategy):
     anchors, momentum, ids, memory = case
-    builder = FalseNegativeCancellation(top_k, threshold, strategy=strategy)
+    builder = DetectionSettings(top_k, threshold, strategy=strategy).detector()
     loss, columns, found, layout, targets = library_loss(anchors, momentum, ids, memory, builder, 0.1,
                                                          memory_counts_block=False)
     views = anchors.shape[1]
@@ -244,7 +244,7 @@ def test_targets_spread_equal_mass_over_positives_and_mask_the_own_column(case, 
 def test_without_support_views_or_memory_it_is_multi_positive_infonce_over_the_views(seed, images, strategy,
                                                                                      temperature):
     anchors, momentum, ids, _ = step(seed, images, views=2, fill=0, capacity=0)
-    builder = FalseNegativeCancellation(threshold=1.0, strategy=strategy)  # no cosine exceeds 1: nothing detected
+    builder = DetectionSettings(threshold=1.0, strategy=strategy).detector()  # no cosine exceeds 1: nothing detected
     loss, *_ = library_loss(anchors, momentum, ids, None, builder, temperature, scale=1.0)
     z, c = anchors.reshape(-1, anchors.shape[-1]), momentum.reshape(-1, momentum.shape[-1])
     logits = (z @ c.T / temperature).masked_fill(torch.eye(2 * images, dtype=torch.bool), float("-inf"))
@@ -263,7 +263,7 @@ def test_bank_detection_counts_images_and_flags_all_their_view_entries():
     bank.update(embeddings, torch.arange(8))
     columns = Columns.build(momentum, ids, memory, memory_counts_block=True)
     rows = columns.rows(ids, [0, 1], detectors=momentum)
-    found = FalseNegativeCancellation(top_k=1, threshold=-1.0, bank=bank).false_negatives(columns, rows)
+    found = DetectionSettings(top_k=1, threshold=-1.0).detector(bank).false_negatives(columns, rows)
     scores = torch.einsum("bvd,nd->bvn", momentum, embeddings).amax(dim=1)
     scores[torch.arange(2), ids] = -2.0
     for row in range(2):
@@ -369,8 +369,8 @@ def test_registry_builds_the_published_objective_and_the_moco_adaptation():
 
 
 def test_column_search_keeps_one_index_and_asks_for_no_more_than_the_filled_columns(recording_search):
-    builder = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="faiss-flat")
-    exact = FalseNegativeCancellation(top_k=3, threshold=-1.0, backend="torch")
+    builder = DetectionSettings(top_k=3, threshold=-1.0, search_backend="faiss-flat").detector()
+    exact = DetectionSettings(top_k=3, threshold=-1.0, search_backend="torch").detector()
     recording, indexes = recording_search("faiss-flat"), []
     for seed in (8, 9):
         _, momentum, ids, memory = step(seed, images=3, views=3, fill=10, capacity=4096, dim=8, own_copies=2)

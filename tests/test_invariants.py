@@ -28,6 +28,7 @@ from softcontrast.components.targets import (
     Targets,
     cancel_false_negatives,
 )
+from softcontrast.methods.common import DetectionSettings
 from strategies import (
     EXTREME_TEMPERATURES,
     FILL_LEVELS,
@@ -210,7 +211,7 @@ def test_fnc_threshold_one_finds_nothing_even_for_exact_copies(strategy, aggrega
     assert ((keys * keys).sum(dim=1) > 1).any(), "some rounded self-cosines must exceed 1"
     columns = Columns.build(keys[:, None], torch.arange(64), memory, batch_negatives=False)
     rows = columns.rows(torch.arange(64), [None], keys=keys, detectors=keys[:, None])
-    fnc = FalseNegativeCancellation(threshold=1.0, strategy=strategy, aggregation=aggregation)(columns, rows)
+    fnc = DetectionSettings(threshold=1.0, strategy=strategy, aggregation=aggregation).detector()(columns, rows)
     infonce = InfoNCE()(columns, rows)
     assert not fnc.found.any()
     assert torch.equal(fnc.target, infonce.target) and torch.equal(fnc.mask, infonce.mask)
@@ -311,7 +312,7 @@ def test_a_mixed_row_masks_older_keys_of_its_own_image():
     memory.enqueue(F.normalize(torch.tensor([[1.0, 0.1, 0.0]]), dim=1), torch.tensor([7]))
     columns = Columns.build(keys[:, None], torch.tensor([7, 8]), memory, batch_negatives=True)
     rows = columns.rows(torch.tensor([7, 8]), [None], keys=keys)
-    mixed = MomentumMixup(across_processes=False).mix_targets(
+    mixed = MomentumMixup(2.0, across_processes=False).mix_targets(
         InfoNCE()(columns, rows), MixParams(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])))
     older_key_of_sample_7 = memory_start(columns)
     assert columns.ids[older_key_of_sample_7] == 7

@@ -14,6 +14,7 @@ from softcontrast.components.memory import Memory
 from softcontrast.components.mixers import InputMixup, MixParams, MomentumMixup, mix_targets, sample_mix_params
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets import InfoNCE, SelfLabelingRefinery, Targets
+from softcontrast.methods import SANEConfig
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
 SCRIPT = Path(__file__).parent / "distributed" / "mixers_two_process.py"
@@ -55,7 +56,7 @@ def test_theta_one_changes_neither_inputs_nor_targets(seed, batch, queue_size, f
     targets = in_batch_targets(seed, batch, queue_size, filled, one_hot)
     params = random_params(seed, batch, theta=1.0)
     queries, keys = torch.randn(2, batch, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
-    for mixer in (MomentumMixup(), InputMixup()):
+    for mixer in (MomentumMixup(2.0), InputMixup(2.0)):
         assert torch.equal(mixer.mix_inputs(queries, keys, params), queries)
         mixed = mixer.mix_targets(targets, params)
         assert torch.equal(mixed.target, targets.target) and torch.equal(mixed.mask, targets.mask)
@@ -83,8 +84,8 @@ def test_virtual_queries_mix_with_the_partners_key_or_query_view(seed, batch):
     params = random_params(seed, batch)
     queries, keys = torch.randn(2, batch, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
     theta = params.theta[:, None, None, None]
-    momentum = MomentumMixup().mix_inputs(queries, keys, params)
-    plain = InputMixup().mix_inputs(queries, keys, params)
+    momentum = MomentumMixup(2.0).mix_inputs(queries, keys, params)
+    plain = InputMixup(2.0).mix_inputs(queries, keys, params)
     for i in range(batch):
         j = params.partner[i]
         torch.testing.assert_close(momentum[i], theta[i] * queries[i] + (1 - theta[i]) * keys[j])
@@ -119,8 +120,9 @@ def test_non_positive_kappa_is_rejected_naming_the_setting(kappa):
 
 
 def test_the_default_draw_is_one_theta_per_batch_from_beta_two_two():
-    """The paper's CIFAR setting: κ = 2, one θ for the whole batch."""
-    mixer = MomentumMixup()
+    """SANE's config holds the paper's CIFAR setting: κ = 2, one θ for the whole batch."""
+    config = SANEConfig()
+    mixer = MomentumMixup(config.mixup_kappa, config.per_sample_theta)
     assert mixer.kappa == 2.0 and not mixer.per_sample
     torch.manual_seed(0)
     thetas = torch.stack([mixer.sample(3, "cpu").theta for _ in range(2000)])

@@ -160,14 +160,14 @@ def test_loss_equals_the_papers_equations(seed, lam, tau, tau_m):
 @pytest.mark.parametrize("lam", [-0.1, 1.5])
 def test_lambda_outside_unit_interval_is_rejected(lam):
     with pytest.raises(ValueError, match="lam") as error:
-        SimilarityTargets(lam=lam)
+        SimilarityTargets(lam=lam, tau_m=0.05)
     assert error.value.name == "lam"
 
 
 @pytest.mark.parametrize("tau_m", [0.0, -1.0])
 def test_non_positive_tau_m_is_rejected(tau_m):
     with pytest.raises(ValueError, match="tau_m"):
-        SimilarityTargets(tau_m=tau_m)
+        SimilarityTargets(lam=0.5, tau_m=tau_m)
 
 
 def test_sce_step_runs_with_the_paper_defaults():

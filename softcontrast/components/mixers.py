@@ -183,7 +183,7 @@ class Mixer(Protocol):
 
 @dataclass(frozen=True)
 class _BetaMixup:
-    kappa: float = 2.0
+    kappa: float
     per_sample: bool = False
     across_processes: bool = True
 
@@ -215,7 +215,7 @@ class MomentumMixup(_BetaMixup):
     momentum embedding sits in the columns.
 
     Args:
-        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (default 2, the paper's CIFAR setting).
+        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (SANE's CIFAR setting: 2).
         per_sample: one ``θ`` per batch (default, the paper's text) or one per sample.
         across_processes: permute the global batch (default) or each local batch.
 
@@ -233,7 +233,7 @@ class InputMixup(_BetaMixup):
     """Plain input mixup: ``x̃_i = θ_i·x_i^query + (1 − θ_i)·x_π(i)^query``, targets alike.
 
     Args:
-        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (default 2, the paper's CIFAR setting).
+        kappa: ``κ > 0`` of ``θ ~ Beta(κ, κ)`` (SANE's CIFAR setting: 2).
         per_sample: one ``θ`` per batch (default, the paper's text) or one per sample.
         across_processes: permute the global batch (default) or each local batch.
 

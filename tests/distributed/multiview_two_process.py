@@ -19,10 +19,10 @@ from softcontrast.components.backbones import resnet
 from softcontrast.components.columns import Columns
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory import Memory
-from softcontrast.components.targets import FalseNegativeCancellation
 from softcontrast.data import ImageTensorDataset
 from softcontrast.methods import Setup, method_spec
 from softcontrast.training import TrainConfig, Trainer, make_accelerator
+from softcontrast.methods.common import DetectionSettings
 
 IMAGES, VIEWS, DIM, MEMORY = 6, 3, 4, 20
 
@@ -47,7 +47,7 @@ def fnc_step(rows: slice, strategy: str, online: bool = False) -> dict:
     momentum, ids = momentum[rows], ids[rows]
     if online:
         momentum, memory = anchors, None
-    builder = FalseNegativeCancellation(top_k=5, threshold=0.0, strategy=strategy)
+    builder = DetectionSettings(top_k=5, threshold=0.0, strategy=strategy).detector()
     columns = Columns.build(momentum, ids, memory, memory_counts_block=True, gradient=online)  # as published
     rows = columns.rows(ids, list(range(VIEWS)), detectors=momentum)
     targets = builder(columns, rows)

@@ -259,11 +259,11 @@ class FalseNegativeCancellation:
             images and every column holding a found image is in ``F_i``.
     """
 
-    top_k: int = 10
-    threshold: float = 0.7
-    strategy: str = "attract"
-    aggregation: str = "max"
-    backend: Backend = "torch"
+    top_k: int
+    threshold: float
+    strategy: str
+    aggregation: str
+    backend: Backend
     bank: EmbeddingBank | None = None
     search: NeighborSearch = field(init=False, repr=False, compare=False)
 

@@ -149,15 +149,15 @@ class SelfLabelingRefinery(nn.Module):
         use_q: keep the ``q`` term (``False``: the paper's "p only" ablation).
 
     Raises:
-        ValueError: a hyperparameter outside its range (the message names the flag).
+        SettingError: a hyperparameter outside its range (naming its config field).
     """
 
     def __init__(
         self,
-        tau: float = 0.2,
-        tau_prime: float = 0.8,
-        mu_start: float = 0.0,
-        mu_end: float = 1.0,
+        tau: float,
+        tau_prime: float,
+        mu_start: float,
+        mu_end: float,
         use_p: bool = True,
         use_q: bool = True,
     ):

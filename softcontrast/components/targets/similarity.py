@@ -42,11 +42,11 @@ class SimilarityTargets:
 
     Args:
         lam: ``λ`` in ``[0, 1]``; 1 is InfoNCE.
-        tau_m: ``τm > 0`` (default 0.05).
+        tau_m: ``τm > 0`` (SCE's default, in its config: 0.05).
     """
 
-    lam: float = 0.5
-    tau_m: float = 0.05
+    lam: float
+    tau_m: float
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
