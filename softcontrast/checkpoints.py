@@ -35,6 +35,7 @@ import torch
 from accelerate import Accelerator
 
 from softcontrast.components.distributed import gather_objects, on_main_process, rank
+from softcontrast.settings import upgrade_settings
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_CONFIG = "run_config.json"
@@ -193,16 +194,20 @@ def check_compatible(checkpoint: Checkpoint, run_config: dict[str, Any]) -> None
     """Refuses a checkpoint whose saved settings differ from ``run_config``.
 
     Settings in :data:`RESUMABLE_KEYS` may differ, and settings the checkpoint does
-    not record (added by a later version) are not compared.
+    not record (added by a later version) are not compared. Settings of an earlier
+    version are compared in today's names (:func:`~softcontrast.settings.upgrade_settings`).
 
     Raises:
         CheckpointMismatchError: names each differing setting.
     """
     saved = json.loads((checkpoint.path / RUN_CONFIG).read_text())
+    from_settings_of_old = "plugins" not in saved  # written before the settings came from the configs
+    saved = upgrade_settings(saved)
     different = {
         key: (saved.get(key), value)
         for key, value in json.loads(json.dumps(run_config, default=str)).items()
         if key not in RESUMABLE_KEYS and key in saved and saved[key] != value
+        and not (from_settings_of_old and saved[key] is None)  # there None was "the default", resolved later
     }
     if different:
         described = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in sorted(different.items()))

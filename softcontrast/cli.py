@@ -34,7 +34,12 @@ from softcontrast.data import load_source
 from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation import baseline_knn, random_init_backbone
 from softcontrast.flags import Flag, add_flags, config_flags
-from softcontrast.methods.registry import MethodSpec, load_plugin, method_names, method_spec
+from softcontrast.methods.registry import (
+    MethodSpec,
+    load_plugin,
+    method_names,
+    method_spec,
+)
 from softcontrast.run_settings import (
     DIGITS_DEFAULTS,
     RUN_SECTIONS,
@@ -43,7 +48,8 @@ from softcontrast.run_settings import (
     resolve,
 )
 from softcontrast.settings import SettingError
-from softcontrast.training import TrainResult, Trainer, make_accelerator
+from softcontrast.training import Trainer, TrainResult, make_accelerator
+
 
 def build_parser(spec: MethodSpec, prog: str | None = None, description: str | None = None) -> ConfigArgumentParser:
     """The flags of method ``spec``: its config's, then the run's (:data:`RUN_SECTIONS`).

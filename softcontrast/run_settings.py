@@ -22,7 +22,7 @@ from softcontrast.components.backbones import Backbone, projector_for
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.registry import MethodSpec, Setup, load_plugin, method_spec
-from softcontrast.settings import setting
+from softcontrast.settings import setting, upgrade_settings
 from softcontrast.training import TrainConfig
 
 
@@ -204,27 +204,6 @@ def rebuild_method(saved: Mapping[str, Any], backbone: Backbone, processes: int 
     return make_method(saved_settings(saved), backbone, processes, saved.get("num_train_samples"))
 
 
-#: Settings saved by runs from before the settings were generated from configs: old name → new name.
-RENAMED_SETTINGS = {"tau": "temperature"}
-#: Old on/off flags saved under their negation: old name → new name (value negated).
-NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_cifar_stem": "cifar_stem"}
-
-
-def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`, and FNC's
-    ``variant: moco`` as the method ``fnc-moco`` (its ``support_views`` as ``detection_views``)."""
-    values = dict(saved)
-    if values.get("method") == "fnc" and values.get("variant") == "moco":
-        values["method"] = "fnc-moco"
-        if "support_views" in values and "detection_views" not in values:
-            values["detection_views"] = values.pop("support_views")
-    for old, new in RENAMED_SETTINGS.items():
-        if old in values and new not in values:
-            values[new] = values.pop(old)
-    for old, new in NEGATED_SETTINGS.items():
-        if old in values and new not in values:
-            values[new] = not values.pop(old)
-    return values
 
 
 

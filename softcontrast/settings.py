@@ -11,7 +11,7 @@ line adds the flag that sets it.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Any, Mapping
 
 
 class SettingError(ValueError):
@@ -46,3 +46,26 @@ def check_choice(name: str, value: Any, choices: tuple, owner: str = "") -> None
     if value not in choices:
         prefix = f"{owner} " if owner else ""
         raise SettingError(name, f"{prefix}{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+#: Settings saved by runs from before the settings were generated from configs: old name → new name.
+RENAMED_SETTINGS = {"tau": "temperature"}
+#: Old on/off flags saved under their negation: old name → new name (value negated).
+NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_cifar_stem": "cifar_stem"}
+
+
+def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`, and FNC's
+    ``variant: moco`` as the method ``fnc-moco`` (its ``support_views`` as ``detection_views``)."""
+    values = dict(saved)
+    if values.get("method") == "fnc" and values.get("variant") == "moco":
+        values["method"] = "fnc-moco"
+        if "support_views" in values and "detection_views" not in values:
+            values["detection_views"] = values.pop("support_views")
+    for old, new in RENAMED_SETTINGS.items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
+    for old, new in NEGATED_SETTINGS.items():
+        if old in values and new not in values:
+            values[new] = not values.pop(old)
+    return values

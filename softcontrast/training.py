@@ -15,12 +15,22 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
-from softcontrast.checkpoints import CheckpointMismatchError  # noqa: F401  (raised by fit; imported from here)
-from softcontrast.checkpoints import CheckpointStore, prepare_output_dir, resume_checkpoint, rewind_metrics
+from softcontrast.checkpoints import (
+    CheckpointMismatchError,  # noqa: F401  (raised by fit; imported from here)
+    CheckpointStore,
+    prepare_output_dir,
+    resume_checkpoint,
+    rewind_metrics,
+)
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
 from softcontrast.evaluation import knn_accuracy, step_diagnostics
-from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights, loss_parts
+from softcontrast.finite import (
+    FiniteGuard,
+    NonFiniteError,
+    check_finite_weights,
+    loss_parts,
+)
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.settings import SettingError, check_choice, setting
 

@@ -15,29 +15,31 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
+from test_training import fit, tiny_sce
 
 from softcontrast.checkpoints import (
     MARKER,
     PARTIAL_PREFIX,
     RUN_CONFIG,
+    Checkpoint,
     CheckpointMismatchError,
     NoCheckpointError,
     OutputWriteError,
+    check_compatible,
     find_resume,
     incomplete_folders,
     list_checkpoints,
     rewind_metrics,
 )
 from softcontrast.cli import build_parser, resolve, train
+from softcontrast.components.backbones import resnet
 from softcontrast.errors import USER_ERRORS
 from softcontrast.finite import FiniteGuard, NonFiniteError, check_finite_weights
 from softcontrast.methods import ContrastiveMethod, MoCoConfig
 from softcontrast.methods.registry import _REGISTRY, method_spec, register
 from softcontrast.training import make_accelerator
-
-from conftest import free_port
-from test_training import fit, tiny_sce
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "kill_harness.py"
@@ -384,3 +386,34 @@ def test_checkpoint_errors_are_the_kinds_the_cli_reports():
     for error in (CheckpointMismatchError, NoCheckpointError, OutputWriteError, NonFiniteError):
         assert issubclass(error, USER_ERRORS)
     assert not issubclass(TypeError, USER_ERRORS) and not issubclass(RuntimeError, USER_ERRORS)
+
+
+def test_a_methods_state_from_before_the_one_step_redesign_loads_under_todays_names():
+    """A checkpoint of the method classes named the memory ``queue`` (``keys`` for MoCo's queue, no view
+    indices) and SANE's µ ``target_builder.mu``: it loads into today's method with the same values."""
+    torch.manual_seed(0)
+    for name, overrides in (("moco", {"queue_size": 8}), ("sane", {"queue_size": 8})):
+        method = method_spec(name)(resnet("resnet18", width=4), queue_size=overrides["queue_size"])
+        method.memory.enqueue(torch.randn(3, method.memory.embeddings.shape[1]), torch.tensor([4, 5, 6]))
+        if name == "sane":
+            method.mixed.labels.mu.fill_(0.25)
+        old = {key.replace("memory.embeddings", "queue.keys").replace("memory.", "queue.")
+               .replace("mixed.labels.mu", "target_builder.mu"): value.clone()
+               for key, value in method.state_dict().items() if key != "memory.views"}
+        restored = method_spec(name)(resnet("resnet18", width=4), queue_size=overrides["queue_size"])
+        restored.load_state_dict(old)
+        for key, value in method.state_dict().items():
+            assert torch.equal(restored.state_dict()[key], value), key
+        assert restored.memory.views.tolist() == [0, 0, 0] + [-1] * 5
+
+
+def test_settings_of_a_checkpoint_from_before_the_configs_are_compared_in_todays_names(tmp_path):
+    folder = tmp_path / "step_000000004"
+    folder.mkdir()
+    old = {"method": "sce", "tau": 0.1, "no_cifar_stem": False, "crop_min_scale": None, "epochs": 3}
+    (folder / RUN_CONFIG).write_text(json.dumps(old))
+    checkpoint = Checkpoint(folder, epoch=1, global_step=4, serial=4)
+    check_compatible(checkpoint, {"method": "sce", "temperature": 0.1, "cifar_stem": True, "crop_min_scale": 0.8,
+                                  "epochs": 3})
+    with pytest.raises(CheckpointMismatchError, match="temperature: checkpoint 0.1, this run 0.2"):
+        check_compatible(checkpoint, {"method": "sce", "temperature": 0.2, "cifar_stem": True, "epochs": 3})

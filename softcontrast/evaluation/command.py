@@ -24,7 +24,6 @@ from softcontrast.components.augment import ViewRecipe, for_image_size, moco_v2_
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.errors import USER_ERRORS
-from softcontrast.run_settings import make_method, saved_settings
 from softcontrast.evaluation.baselines import random_init_backbone
 from softcontrast.evaluation.diagnostics import (
     DIAGNOSTICS,
@@ -36,6 +35,7 @@ from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
 from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
 from softcontrast.evaluation.probe import linear_probe_accuracy
 from softcontrast.methods import ContrastiveMethod
+from softcontrast.run_settings import make_method, saved_settings
 
 #: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
 HEADLINE = "k=200,T=0.1"

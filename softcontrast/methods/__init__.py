@@ -5,10 +5,21 @@
 with the paper's defaults.
 """
 
-from softcontrast.methods.base import MixedTerm, Pass, ContrastiveMethod, StepOutput
-from softcontrast.methods.fnc import FNCConfig, FNCOnMoCoConfig, build_fnc, build_fnc_on_moco
+from softcontrast.methods.base import ContrastiveMethod, MixedTerm, Pass, StepOutput
+from softcontrast.methods.fnc import (
+         FNCConfig,
+         FNCOnMoCoConfig,
+         build_fnc,
+         build_fnc_on_moco,
+)
 from softcontrast.methods.moco import MoCoConfig, build_moco
-from softcontrast.methods.registry import MethodSpec, Setup, method_names, method_spec, register
+from softcontrast.methods.registry import (
+         MethodSpec,
+         Setup,
+         method_names,
+         method_spec,
+         register,
+)
 from softcontrast.methods.sane import SANEConfig, build_sane
 from softcontrast.methods.sce import SCEConfig, build_sce
 

@@ -19,8 +19,11 @@ from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
 from softcontrast.components.backbones import Backbone, Encoder
 from softcontrast.components.columns import Columns, Rows
 from softcontrast.components.losses import soft_cross_entropy
-from softcontrast.components.memory import Memory
-from softcontrast.components.memory_format import cpu_channels_last_hazards, to_channels_last
+from softcontrast.components.memory import EMPTY_ID, NO_COLUMN, Memory
+from softcontrast.components.memory_format import (
+    cpu_channels_last_hazards,
+    to_channels_last,
+)
 from softcontrast.components.mixers import Mixer, MixParams
 from softcontrast.components.momentum import MomentumEncoder, cosine_momentum
 from softcontrast.components.multiview import MultiViewAugment, SmallCrops, embed_views
@@ -28,6 +31,7 @@ from softcontrast.components.shuffle_bn import ShuffleBatchNorm, shared_permutat
 from softcontrast.components.streams import RandomStreams
 from softcontrast.components.targets.base import TargetBuilder, Targets
 from softcontrast.settings import SettingError
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -219,6 +223,7 @@ class ContrastiveMethod(nn.Module):
         self._pending: list[Columns] = []
         self.streams = RandomStreams()
         self.clock: Callable[[str], None] | None = None
+        self._register_load_state_dict_pre_hook(upgrade_state_dict)
 
     # -- what the trainer and the evaluation read -------------------------------------------
 
@@ -402,3 +407,21 @@ class ContrastiveMethod(nn.Module):
                 hook(step, total_steps, blocks)
         for columns in blocks:
             self.memory.enqueue(*columns.block_entries())
+
+
+#: State of checkpoints written before the one-step redesign: old key → today's key.
+RENAMED_STATE = {"queue.keys": "memory.embeddings", "queue.embeddings": "memory.embeddings", "queue.ids": "memory.ids",
+                 "queue.views": "memory.views", "queue.pointer": "memory.pointer", "queue.filled": "memory.filled",
+                 "target_builder.mu": "mixed.labels.mu"}
+
+
+def upgrade_state_dict(state: dict[str, Tensor], prefix: str, *args: object) -> None:
+    """Renames, in place, the state of a method saved before the one-step redesign (its
+    queue or view memory, SANE's ``µ``): :data:`RENAMED_STATE`. A queue of keys had no view
+    indices: filled slots are view 0."""
+    for old, new in RENAMED_STATE.items():
+        if prefix + old in state and prefix + new not in state:
+            state[prefix + new] = state.pop(prefix + old)
+    ids, views = prefix + "memory.ids", prefix + "memory.views"
+    if ids in state and views not in state:
+        state[views] = torch.where(state[ids] == EMPTY_ID, NO_COLUMN, 0)

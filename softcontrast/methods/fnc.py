@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from softcontrast.components.augment import moco_v2_cifar
 from softcontrast.components.backbones import Backbone
 from softcontrast.methods.base import ContrastiveMethod, Pass
-from softcontrast.methods.common import DetectionSettings, MomentumSettings, QueueSettings
+from softcontrast.methods.common import (
+    DetectionSettings,
+    MomentumSettings,
+    QueueSettings,
+)
 from softcontrast.methods.registry import Setup
 from softcontrast.settings import SettingError, check_choice, setting
 

@@ -5,7 +5,10 @@ math lives in pure functions; the classes hold the hyperparameters.
 """
 
 from softcontrast.components.targets.base import TargetBuilder, Targets
-from softcontrast.components.targets.false_negatives import FalseNegativeCancellation, cancel_false_negatives
+from softcontrast.components.targets.false_negatives import (
+    FalseNegativeCancellation,
+    cancel_false_negatives,
+)
 from softcontrast.components.targets.infonce import InfoNCE, one_hot_target
 from softcontrast.components.targets.refinery import (
     SelfLabelingRefinery,
@@ -15,7 +18,10 @@ from softcontrast.components.targets.refinery import (
     refined_label,
     self_labeling_target,
 )
-from softcontrast.components.targets.similarity import SimilarityTargets, similarity_target
+from softcontrast.components.targets.similarity import (
+    SimilarityTargets,
+    similarity_target,
+)
 
 __all__ = [
     "FalseNegativeCancellation",

@@ -30,9 +30,14 @@ from torch import Tensor
 
 from softcontrast.components.bank import EmbeddingBank
 from softcontrast.components.columns import Columns, Rows
-from softcontrast.components.neighbors import BACKENDS, Backend, NeighborSearch, auto_backend
-from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.memory import EMPTY_ID
+from softcontrast.components.neighbors import (
+    BACKENDS,
+    Backend,
+    NeighborSearch,
+    auto_backend,
+)
+from softcontrast.components.precision import full_precision, similarities
 from softcontrast.components.targets.base import Targets
 from softcontrast.settings import SettingError, check_choice
 
