@@ -28,7 +28,7 @@ register("sce", SCEConfig, build_sce, "SCE: soft target λ·e_pos + (1−λ)·so
 register("fnc", FNCConfig, build_fnc,
          "FNC as published: every view an anchor; detected false negatives attracted or eliminated")
 register("fnc-moco", FNCOnMoCoConfig, build_fnc_on_moco,
-         "FNC on MoCo v2 (this library's adaptation): one anchor per image, support views detect")
+         "FNC on MoCo v2 (this library's adaptation): one anchor per image, detection views find false negatives")
 register("sane", SANEConfig, build_sane, "SANE: refined labels (1−α−β)·y + α·p + β·q with momentum mixup")
 
 __all__ = [
