@@ -43,7 +43,7 @@ def main(out: Path) -> None:
     view = ViewRecipe(size=8)
     setup = Setup(projector=projector_for(backbone, 16, 8), view=lambda recipe: view)
     method = method_spec("sane")(backbone, setup=setup, queue_size=16)
-    method.mixed.mixer = RecordingMixup()
+    method.mixed.mixer = RecordingMixup(method.mixed.mixer.kappa)
     method.shuffle_bn = ShuffleBatchNorm(2)
     views, permutations, images = [], [], []
     method.register_forward_pre_hook(lambda module, args: images.append(args[0].clone()))
