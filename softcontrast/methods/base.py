@@ -112,8 +112,8 @@ class ContrastiveMethod(nn.Module):
     lay out :class:`~softcontrast.components.columns.Columns` ``[block | memory]`` (or
     ``[k_i | memory]``) and the anchor :class:`~softcontrast.components.columns.Rows`;
     build ``(target, mask)``; loss ``= scale × masked soft cross-entropy of z·Cᵀ/τ``
-    (with small crops as extra anchors of the first anchor's targets, and the optional
-    :class:`MixedTerm`); the step's loss is the mean over passes. After the optimizer
+    (small crops are extra anchors with their image's target, and the optional
+    :class:`MixedTerm` a second term); the step's loss is the mean over passes. After the optimizer
     step (:meth:`after_optimizer_step`): EMA update, the parts' hooks, then the
     gathered blocks into the memory.
 
@@ -138,8 +138,9 @@ class ContrastiveMethod(nn.Module):
         detection_views: extra momentum views per image that only detect false
             negatives (each one more momentum pass per contrast).
         detection_view: their recipe (default: the first column view's).
-        small_crops: multi-crop: extra anchors of the first pass's targets that are
-            never columns (one anchor view per pass).
+        small_crops: multi-crop: extra anchors, drawn once per step and never columns,
+            scored in every pass against its columns with its rows' targets (passes of one
+            anchor view).
         loss_scale: factor of the loss (FNC as published: 2).
         mixed: the optional second term.
         channels_last: feed views in channels-last memory format (on the CPU only for
