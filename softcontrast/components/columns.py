@@ -172,14 +172,15 @@ class Columns:
         shared = self.ids[None, :].expand(row_ids.shape[0], -1)
         return shared if self.own_keys is None else torch.cat([row_ids[:, None], shared], dim=1)
 
-    def rows(self, ids: Tensor, own_views: Sequence[int | None], keys: Tensor | None = None,
+    def rows(self, ids: Tensor, own_views: Sequence[int | None] | Tensor, keys: Tensor | None = None,
              detectors: Tensor | None = None) -> Rows:
         """The layout of anchor rows: ``len(own_views)`` anchors for each local image.
 
         Args:
             ids: ``B`` sample ids of the local images.
             own_views: per anchor, the column view it is (its own column, masked), or
-                ``None`` for an anchor that is no column (a query view).
+                ``None`` for an anchor that is no column (a query view); or these as a
+                tensor on the device, ``-1`` for ``None`` (:func:`own_view_indices`).
             keys: ``B×D`` each image's momentum key, if any (repeated per anchor).
             detectors: ``B×S×D`` each image's detection embeddings, if any.
         """
@@ -187,11 +188,9 @@ class Columns:
         row_ids = ids.repeat_interleave(per_image)
         device = ids.device
         images = torch.arange(ids.shape[0], device=device).repeat_interleave(per_image)
-        view_of = torch.full((per_image,), NO_COLUMN, dtype=torch.long, device=device)
-        for anchor, view in enumerate(own_views):  # fills on the device: no copy from the host
-            if view is not None:
-                view_of[anchor] = view
-        view_of = view_of.repeat(ids.shape[0])
+        if not isinstance(own_views, Tensor):
+            own_views = own_view_indices(own_views, device)
+        view_of = own_views.repeat(ids.shape[0])
         same_image = self.ids[None, :] == row_ids[:, None]
         empty = (self.ids == EMPTY_ID)[None, :]
         if self.own_keys is None:
@@ -209,3 +208,13 @@ class Columns:
         if keys is not None and per_image > 1:
             keys = keys.repeat_interleave(per_image, dim=0)
         return Rows(row_ids, own, positive, mask, per_image, keys, detectors)
+
+
+def own_view_indices(own_views: Sequence[int | None], device: torch.device | str = "cpu") -> Tensor:
+    """``own_views`` (a column view per anchor, or ``None``) as a tensor on ``device``, ``-1`` for ``None``;
+    filled on the device (no copy from the host)."""
+    indices = torch.full((len(own_views),), NO_COLUMN, dtype=torch.long, device=device)
+    for anchor, view in enumerate(own_views):
+        if view is not None:
+            indices[anchor] = view
+    return indices

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
 from softcontrast.components.backbones import Backbone, Encoder
-from softcontrast.components.columns import Columns, Rows
+from softcontrast.components.columns import Columns, Rows, own_view_indices
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory import EMPTY_ID, NO_COLUMN, Memory
 from softcontrast.components.memory_format import (
@@ -195,6 +195,9 @@ class ContrastiveMethod(nn.Module):
                 raise ValueError("online columns need passes whose anchors are their columns")
             if small_crops is not None and len(plan.anchors) != 1:
                 raise ValueError("small crops take the targets of one anchor view per pass")
+        for number, plan in enumerate(self.passes):  # each anchor's own column view, or -1; moves with the method
+            own = [plan.columns.index(a) if a in plan.columns else None for a in plan.anchors]
+            self.register_buffer(f"own_views_{number}", own_view_indices(own), persistent=False)
         self.online = Encoder(backbone, projector)
         self.target_encoder = MomentumEncoder(self.online)
         with torch.no_grad():
@@ -310,7 +313,7 @@ class ContrastiveMethod(nn.Module):
         crops = None
         outputs = []
         for number, plan in enumerate(self.passes):
-            columns, rows, anchors, detectors = self._columns(plan, views, images, ids, streams.local)
+            columns, rows, anchors, detectors = self._columns(number, plan, views, images, ids, streams.local)
             if number == 0 and self.small_crops is not None:
                 crops = self.small_crops(self.encode, images, streams.local)
             outputs.append(self._contrast(plan, views, columns, rows, anchors, crops, mixing))
@@ -322,7 +325,7 @@ class ContrastiveMethod(nn.Module):
         return StepOutput(sum(output.loss for output in outputs) / len(outputs), metrics, first.columns, first.rows,
                           first.targets)
 
-    def _columns(self, plan: Pass, views: list[Tensor], images: Tensor, ids: Tensor,
+    def _columns(self, number: int, plan: Pass, views: list[Tensor], images: Tensor, ids: Tensor,
                  local: torch.Generator) -> tuple[Columns, Rows, Tensor, Tensor]:
         """Embeds one pass's views and lays out its columns and rows."""
         batch = images.shape[0]
@@ -335,9 +338,8 @@ class ContrastiveMethod(nn.Module):
         detectors = torch.cat([block, torch.stack(extra, dim=1)], dim=1) if extra else block
         columns = Columns.build(block, ids, self.memory, self.batch_negatives, self.memory_counts_block,
                                 gradient=self.online_columns)
-        own_views = [plan.columns.index(a) if a in plan.columns else None for a in plan.anchors]
         keys = block[:, 0] if len(plan.columns) == 1 else None
-        rows = columns.rows(ids, own_views, keys, detectors)
+        rows = columns.rows(ids, getattr(self, f"own_views_{number}"), keys, detectors)
         self._tick("columns")
         return columns, rows, anchors.reshape(batch * len(plan.anchors), -1), detectors
 
