@@ -129,7 +129,9 @@ class Columns:
         if memory is not None and memory.capacity > 0:
             older, older_ids, older_views = memory.entries(block.shape[0] if memory_counts_block else None)
             parts.append((full_precision(older), older_ids, older_views))
-        if parts:
+        if len(parts) == 1:  # one part (the memory of [k_i | memory]): no copy
+            shared, shared_ids, shared_views = parts[0]
+        elif parts:
             shared, shared_ids, shared_views = (torch.cat(column) for column in zip(*parts))
         else:
             shared, shared_ids, shared_views = block[:0], block_ids[:0], block_views[:0]
