@@ -24,6 +24,7 @@ an image folder is listed once, by the main process, and the list is shared.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softcontrast.components.distributed import on_main_process
+from softcontrast.components.distributed import on_main_process, rank
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -297,10 +298,37 @@ def _load_hf(name: str, image_size: int | None) -> DatasetSplits:
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
         raise DataSourceError(f"Hugging Face dataset {name!r} has no 'train' split (splits: {list(loaded)})")
-    test_name = next((s for s in ("test", "validation") if s in loaded), None)
+    test_name = evaluation_split(loaded, name)
     train = _hf_split(loaded["train"], name, image_size)
     test = _hf_split(loaded[test_name], name, image_size or train.image_size) if test_name else None
     return DatasetSplits(train, test)
+
+
+#: Splits of a Hugging Face dataset that may serve as the evaluation split, in order of preference.
+EVALUATION_SPLITS = ("test", "validation", "valid", "val")
+
+
+def evaluation_split(loaded, name: str) -> str | None:
+    """The first of :data:`EVALUATION_SPLITS` in ``loaded`` with at least one label, or ``None``.
+
+    A split whose labels are all missing (ImageNet's ``test``: label ``-1`` everywhere)
+    or that has no label column is never the evaluation split: the kNN monitor would
+    report 0 %. Each one passed over is named in a one-line notice. Only the label
+    column is read (no image is decoded).
+    """
+    import datasets
+
+    for candidate in EVALUATION_SPLITS:
+        if candidate not in loaded:
+            continue
+        split = loaded[candidate]
+        label_column = next((c for c, f in split.features.items() if isinstance(f, datasets.ClassLabel)), None)
+        if label_column is not None and (np.asarray(split[label_column]) >= 0).any():
+            return candidate
+        if rank() == 0:
+            print(f"hf:{name}: split {candidate!r} has no labels, so it is not the evaluation split",
+                  file=sys.stderr, flush=True)
+    return None
 
 
 def _hf_split(split, name: str, image_size: int | None) -> ImageTensorDataset:

@@ -165,3 +165,26 @@ def test_npz_without_the_arrays_is_rejected(tmp_path):
 def test_batch_larger_than_the_data_is_rejected():
     with pytest.raises(ValueError, match="larger than the dataset"):
         EpochBatches(10, 6, world_size=2)
+
+
+def test_hf_evaluation_split_is_the_first_labelled_one(tmp_path, capsys):
+    """ImageNet's ``test`` split has no labels (all -1): evaluating on it would report 0 %."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)) for _ in range(4)]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+
+    def split(labels):
+        return datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
+
+    unlabelled = split([-1, -1, -1, -1])
+    datasets.DatasetDict({"train": split([0, 1, 1, 0]), "test": unlabelled, "validation": split([1, 0, 0, 1])}
+                         ).save_to_disk(str(tmp_path / "imagenet-like"))
+    splits = load_source(f"hf:{tmp_path / 'imagenet-like'}")
+    assert splits.test.labels.tolist() == [1, 0, 0, 1]
+    notices = [line for line in capsys.readouterr().err.splitlines() if "has no labels" in line]
+    assert len(notices) == 1 and "split 'test' has no labels" in notices[0]
+
+    datasets.DatasetDict({"train": split([0, 1, 1, 0]), "test": unlabelled}).save_to_disk(str(tmp_path / "none"))
+    assert load_source(f"hf:{tmp_path / 'none'}").test is None
