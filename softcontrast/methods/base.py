@@ -313,7 +313,7 @@ class ContrastiveMethod(nn.Module):
         crops = None
         outputs = []
         for number, plan in enumerate(self.passes):
-            columns, rows, anchors, detectors = self._columns(number, plan, views, images, ids, streams.local)
+            columns, rows, anchors = self._columns(number, plan, views, images, ids, streams.local)
             if number == 0 and self.small_crops is not None:
                 crops = self.small_crops(self.encode, images, streams.local)
             outputs.append(self._contrast(plan, views, columns, rows, anchors, crops, mixing))
@@ -326,8 +326,8 @@ class ContrastiveMethod(nn.Module):
                           first.targets)
 
     def _columns(self, number: int, plan: Pass, views: list[Tensor], images: Tensor, ids: Tensor,
-                 local: torch.Generator) -> tuple[Columns, Rows, Tensor, Tensor]:
-        """Embeds one pass's views and lays out its columns and rows."""
+                 local: torch.Generator) -> tuple[Columns, Rows, Tensor]:
+        """Embeds one pass's views; its columns, anchor rows and ``R×D`` anchor embeddings."""
         batch = images.shape[0]
         anchors = embed_views(self.encode, [views[v] for v in plan.anchors]).transpose(0, 1)  # B×A×D
         if self.online_columns:
@@ -341,7 +341,7 @@ class ContrastiveMethod(nn.Module):
         keys = block[:, 0] if len(plan.columns) == 1 else None
         rows = columns.rows(ids, getattr(self, f"own_views_{number}"), keys, detectors)
         self._tick("columns")
-        return columns, rows, anchors.reshape(batch * len(plan.anchors), -1), detectors
+        return columns, rows, anchors.reshape(batch * len(plan.anchors), -1)
 
     def _contrast(self, plan: Pass, views: list[Tensor], columns: Columns, rows: Rows, anchors: Tensor,
                   crops: Tensor | None, mixing: MixParams | None) -> StepOutput:
