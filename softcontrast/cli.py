@@ -122,7 +122,7 @@ def run(settings: Settings) -> TrainResult:
         chosen = ", ".join(f"{name}={value}" for name, value in settings.from_digits.items())
         print(f"{settings.method} on digits, digits defaults (a flag or --config overrides each): {chosen}", flush=True)
     set_seed(config.seed)
-    splits = load_source(data.dataset, data.image_size)
+    splits = load_source(data.dataset, data.image_size, settings.train.num_workers)
     if data.train_subset is not None:
         splits.train = splits.train.subset(data.train_subset, seed=config.seed)
     backbone = resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width)

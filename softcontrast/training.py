@@ -23,7 +23,7 @@ from softcontrast.checkpoints import (
     rewind_metrics,
 )
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.data import ImageTensorDataset, LazyImageFolder, TrainingBatches
+from softcontrast.data import ImageSource, ImageTensorDataset, TrainingBatches
 from softcontrast.evaluation import knn_accuracy, step_diagnostics
 from softcontrast.finite import (
     FiniteGuard,
@@ -249,8 +249,8 @@ class Trainer:
 
     def fit(
         self,
-        train: "ImageTensorDataset | LazyImageFolder",
-        test: "ImageTensorDataset | LazyImageFolder | None" = None,
+        train: "ImageTensorDataset | ImageSource",
+        test: "ImageTensorDataset | ImageSource | None" = None,
     ) -> TrainResult:
         """Trains, monitoring kNN accuracy on ``test`` when given.
 
@@ -279,6 +279,7 @@ class Trainer:
             config.seed,
             config.resident_data,
             config.num_workers,
+            crops=self.method.crop_plan(),
         )
         steps_per_epoch = len(batches)
         total_steps = steps_per_epoch * config.epochs

@@ -33,6 +33,29 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
+class CropSpec:
+    """One crop of an image: output side, area range and aspect-ratio range (torchvision's meaning).
+
+    Attributes:
+        size: side of the square output in pixels.
+        scale: range of the box's area as a fraction of the image's area.
+        ratio: range of the box's aspect ratio (width / height).
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"crop size must be >= 1, got {self.size}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"crop ratio must satisfy 0 < low <= high, got {self.ratio}")
+
+
+@dataclass(frozen=True)
 class ViewRecipe:
     """The random transformations of one view.
 
@@ -84,6 +107,11 @@ class ViewRecipe:
             raise ValueError(f"jitter strengths must be >= 0 and hue <= 0.5, got {self.jitter}")
 
     @property
+    def crop(self) -> CropSpec:
+        """The crop part of the view (what a loader worker cuts from a streamed image)."""
+        return CropSpec(self.size, self.crop_scale, self.crop_ratio)
+
+    @property
     def blur_kernel_size(self) -> int:
         """Odd kernel size of the Gaussian blur."""
         k = max(3, int(round(self.blur_kernel_fraction * self.size)))
@@ -129,7 +157,8 @@ class ViewParams:
     """Per-sample parameters of one view (all tensors have batch size first).
 
     Attributes:
-        crop: ``B×4`` integer boxes ``(top, left, height, width)``.
+        crop: ``B×4`` integer boxes ``(top, left, height, width)``; ``None`` for images
+            cropped already (in loader workers).
         flip: ``B`` flags.
         jitter: ``B`` flags: apply colour jitter.
         jitter_factors: ``B×4`` brightness, contrast, saturation factors and hue shift.
@@ -140,7 +169,7 @@ class ViewParams:
         solarize: ``B`` flags.
     """
 
-    crop: Tensor
+    crop: Tensor | None
     flip: Tensor
     jitter: Tensor
     jitter_factors: Tensor
@@ -232,6 +261,7 @@ def sample_view_params(
     width: int,
     device: torch.device | str,
     generator: torch.Generator | None = None,
+    crop: bool = True,
 ) -> ViewParams:
     """Draws every sample's random parameters for one view.
 
@@ -242,6 +272,7 @@ def sample_view_params(
         width: input width.
         device: where the parameters live (the images' device).
         generator: optional random generator on ``device``.
+        crop: draw crop boxes (``False``: the images were cropped in loader workers).
     """
     device = torch.device(device)
     coin = lambda p: torch.rand(batch, device=device, generator=generator) < p  # noqa: E731
@@ -256,8 +287,11 @@ def sample_view_params(
         dim=1,
     )
     order = torch.rand(batch, 4, device=device, generator=generator).argsort(dim=1)
+    boxes = None  # drawn after the jitter's parameters: the order of the draws is part of a seeded run
+    if crop:
+        boxes = sample_crop_boxes(batch, height, width, recipe.crop_scale, recipe.crop_ratio, device, generator)
     return ViewParams(
-        crop=sample_crop_boxes(batch, height, width, recipe.crop_scale, recipe.crop_ratio, device, generator),
+        crop=boxes,
         flip=coin(recipe.flip_p),
         jitter=coin(recipe.jitter_p),
         jitter_factors=factors,
@@ -403,7 +437,12 @@ def apply_view(images: Tensor, params: ViewParams, recipe: ViewRecipe, normalize
     Returns:
         ``B×3×size×size`` views.
     """
-    views = resized_crop(images, params.crop, recipe.size)
+    if params.crop is None:
+        if images.shape[-2:] != (recipe.size, recipe.size):
+            raise ValueError(f"images cropped in the loader are {tuple(images.shape[-2:])}, the view is {recipe.size}")
+        views = images
+    else:
+        views = resized_crop(images, params.crop, recipe.size)
     views = torch.where(_per_sample(params.flip), views.flip(-1), views)
     if recipe.jitter_p > 0:
         views = color_jitter(views, params.jitter, params.jitter_factors, params.jitter_order)
@@ -440,17 +479,19 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.recipe = recipe
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, images: Tensor, generator: torch.Generator | None = None, cropped: bool = False) -> Tensor:
         """Returns a normalised float view of ``uint8`` (or ``[0, 1]`` float) images.
 
         Args:
             images: ``B×3×H×W`` images.
             generator: draws the per-sample parameters (on the images' device; a
                 method passes its per-process stream); default: the global generator.
+            cropped: the images are this view's crops already (cut in loader workers,
+                ``B×3×size×size``); the rest of the recipe is applied.
         """
         images = to_float(images)
         batch, _, height, width = images.shape
-        params = sample_view_params(self.recipe, batch, height, width, images.device, generator)
+        params = sample_view_params(self.recipe, batch, height, width, images.device, generator, crop=not cropped)
         return apply_view(images, params, self.recipe)
 
 

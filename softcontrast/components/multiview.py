@@ -43,10 +43,18 @@ class MultiViewAugment(nn.Module):
     def __len__(self) -> int:
         return len(self.augments)
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+    def forward(self, images: "Tensor | Sequence[Tensor]", generator: torch.Generator | None = None) -> list[Tensor]:
         """``V`` normalised float views of ``images`` (``B×3×H×W``), in recipe order, drawn
-        from ``generator`` (default: the global generator)."""
-        return [augment(images, generator) for augment in self.augments]
+        from ``generator`` (default: the global generator).
+
+        ``images`` may instead be ``V`` batches cropped in loader workers, one per recipe
+        (``B×3×size×size``): each then gets the rest of its recipe.
+        """
+        if isinstance(images, Tensor):
+            return [augment(images, generator) for augment in self.augments]
+        if len(images) != len(self.augments):
+            raise ValueError(f"{len(images)} cropped batches for {len(self.augments)} views")
+        return [augment(crops, generator, cropped=True) for augment, crops in zip(self.augments, images)]
 
 
 def embed_views(encode: Encode, views: Sequence[Tensor]) -> Tensor:
@@ -85,10 +93,11 @@ class SmallCrops(nn.Module):
         super().__init__()
         if count < 1:
             raise ValueError(f"small crops: count must be >= 1, got {count}")
-        self.count = count
+        self.count, self.recipe = count, recipe
         self.augment = MultiViewAugment([recipe] * count)
 
-    def forward(self, encode: Encode, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, encode: Encode, images: "Tensor | Sequence[Tensor]",
+                generator: torch.Generator | None = None) -> Tensor:
         """``N×B×D`` online embeddings of ``N`` small crops of ``images``, drawn from ``generator``
-        (default: the global generator)."""
+        (default: the global generator); or of ``N`` batches cropped in loader workers."""
         return embed_views(encode, self.augment(images, generator))

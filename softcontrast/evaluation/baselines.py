@@ -7,7 +7,7 @@ from accelerate.utils import set_seed
 
 from softcontrast.components.augment import ViewRecipe
 from softcontrast.components.backbones import Backbone, resnet
-from softcontrast.data import ImageTensorDataset, LazyImageFolder
+from softcontrast.data import ImageSource, ImageTensorDataset
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
 from softcontrast.evaluation.knn import knn_feature_accuracy
 
@@ -26,8 +26,8 @@ def random_init_backbone(arch: str, cifar_stem: bool, width: int, seed: int) -> 
 
 
 def baseline_knn(
-    train: ImageTensorDataset | LazyImageFolder,
-    test: ImageTensorDataset | LazyImageFolder,
+    train: ImageTensorDataset | ImageSource,
+    test: ImageTensorDataset | ImageSource,
     random_init: torch.nn.Module | None = None,
     recipe: ViewRecipe | None = None,
     k: int = 200,

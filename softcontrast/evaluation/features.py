@@ -9,19 +9,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softcontrast.components.augment import ViewRecipe, center_view, to_float
-from softcontrast.data import ImageTensorDataset, LazyImageFolder
+from softcontrast.data import EVAL_CROP_FRACTION, CenterCrops, ImageSource, ImageTensorDataset
 
 #: Raw pixels of images larger than this side are taken at this side (memory).
 MAX_RAW_PIXEL_SIDE = 64
 
 
 def image_batches(
-    split: ImageTensorDataset | LazyImageFolder, batch_size: int = 512, num_workers: int = 0, progress: str | None = None
+    split: ImageTensorDataset | ImageSource, batch_size: int = 512, num_workers: int = 0, progress: str | None = None,
+    size: int = 224,
 ) -> Iterator[Tensor]:
     """The ``uint8`` images of a split in order, ``batch_size`` at a time.
 
     Args:
-        split: an in-memory split, or a lazy folder (decoded by ``num_workers`` loader workers).
+        split: an in-memory split, or a streamed one (its centre views at ``size``, with
+            :data:`~softcontrast.data.EVAL_CROP_FRACTION`, decoded by ``num_workers`` loader workers).
         batch_size: images per batch.
         num_workers: loader workers for a lazy split.
         progress: show a progress bar with this description (``None``: no bar).
@@ -35,7 +37,8 @@ def image_batches(
             yield split.images[start : start + batch_size]
             bar.update(1)
     else:
-        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=num_workers)
+        views = CenterCrops(split, size, EVAL_CROP_FRACTION)
+        loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers)
         for images, _ in loader:
             yield images
             bar.update(1)
@@ -45,7 +48,7 @@ def image_batches(
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
-    split: ImageTensorDataset | LazyImageFolder,
+    split: ImageTensorDataset | ImageSource,
     recipe: ViewRecipe,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
@@ -70,15 +73,15 @@ def extract_features(
     backbone.eval()
     features = [
         F.normalize(backbone(center_view(images.to(device), recipe)).float(), dim=-1)
-        for images in image_batches(split, batch_size, num_workers, progress)
+        for images in image_batches(split, batch_size, num_workers, progress, recipe.size)
     ]
     backbone.train(was_training)
     return torch.cat(features)
 
 
-def _pixels(split: ImageTensorDataset | LazyImageFolder, side: int | None, num_workers: int) -> Tensor:
+def _pixels(split: ImageTensorDataset | ImageSource, side: int | None, num_workers: int) -> Tensor:
     rows = []
-    for images in image_batches(split, 512, num_workers):
+    for images in image_batches(split, 512, num_workers, size=side or MAX_RAW_PIXEL_SIDE):
         images = to_float(images)
         if side is not None and images.shape[-1] != side:
             images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
@@ -88,8 +91,8 @@ def _pixels(split: ImageTensorDataset | LazyImageFolder, side: int | None, num_w
 
 @torch.no_grad()
 def raw_pixel_features(
-    train: ImageTensorDataset | LazyImageFolder,
-    test: ImageTensorDataset | LazyImageFolder,
+    train: ImageTensorDataset | ImageSource,
+    test: ImageTensorDataset | ImageSource,
     num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The raw-pixel baseline's features: centred pixels, L2-normalised.

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.data import ImageTensorDataset, LazyImageFolder
+from softcontrast.data import ImageSource, ImageTensorDataset
 from softcontrast.evaluation.features import extract_features
 
 #: The kNN settings ``softcontrast evaluate`` sweeps.
@@ -88,8 +88,8 @@ def knn_sweep(
 
 def knn_accuracy(
     backbone: nn.Module,
-    train: ImageTensorDataset | LazyImageFolder,
-    test: ImageTensorDataset | LazyImageFolder,
+    train: ImageTensorDataset | ImageSource,
+    test: ImageTensorDataset | ImageSource,
     recipe: ViewRecipe,
     k: int = 200,
     temperature: float = 0.1,

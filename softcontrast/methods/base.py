@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from softcontrast.components.augment import BatchAugment, ViewRecipe, to_float
+from softcontrast.components.augment import BatchAugment, CropSpec, ViewRecipe, to_float
 from softcontrast.components.backbones import Backbone, Encoder
 from softcontrast.components.columns import Columns, Rows, own_view_indices
 from softcontrast.components.losses import soft_cross_entropy
@@ -241,6 +241,19 @@ class ContrastiveMethod(nn.Module):
         """Side length of the first anchor view."""
         return self.query_view.size
 
+    def crop_plan(self) -> list[CropSpec]:
+        """The crops of one image a step takes, in order, when loader workers cut them.
+
+        The ``V`` views, then the small crops, then each pass's detection views. A step
+        given a list of cropped batches (one per entry, ``B×3×s×s``) applies the rest
+        of each view's recipe to them; given one ``B×3×H×W`` batch it crops them itself.
+        """
+        plan = [recipe.crop for recipe in self.views.recipes]
+        if self.small_crops is not None:
+            plan += [self.small_crops.recipe.crop] * self.small_crops.count
+        plan += [self.detection_augment.recipe.crop] * (self.detection_views * len(self.passes))
+        return plan
+
     def block_size(self, global_batch: int) -> int:
         """Entries one step writes to the memory per pass: the global batch × column views."""
         return global_batch * len(self.passes[0].columns)
@@ -296,26 +309,40 @@ class ContrastiveMethod(nn.Module):
 
     # -- the step ------------------------------------------------------------------------------
 
-    def forward(self, images: Tensor, ids: Tensor) -> StepOutput:
+    def forward(self, images: "Tensor | Sequence[Tensor]", ids: Tensor) -> StepOutput:
         """One training step on ``uint8`` images ``B×3×H×W`` with sample ``ids``.
 
+        ``images`` may instead be the batches of :meth:`crop_plan`, cropped in loader workers.
         Set :attr:`clock` to a callable to have it called with each stage's name
         (``views``, ``columns``, ``targets``, ``loss``) when the stage ends.
         """
-        images = to_float(images)
-        streams = self.streams.at(images.device)
-        views = self.views(images, streams.local)
+        if isinstance(images, Tensor):
+            images = to_float(images)
+            view_input, small_input, detect_input = images, images, None
+            first = images
+        else:
+            images = [to_float(crops) for crops in images]
+            if len(images) != len(self.crop_plan()):
+                raise ValueError(f"{len(images)} cropped batches, but the step takes {len(self.crop_plan())} "
+                                 "(method.crop_plan())")
+            count, small = len(self.views), self.small_crops.count if self.small_crops is not None else 0
+            view_input, small_input, detect_input = images[:count], images[count:count + small], images[count + small:]
+            first = images[0]
+        streams = self.streams.at(first.device)
+        views = self.views(view_input, streams.local)
         mixing = None
         if self.mixed is not None and self.mixed.mixes:
-            mixing = self.mixed.mixer.sample(images.shape[0], images.device, streams)
+            mixing = self.mixed.mixer.sample(first.shape[0], first.device, streams)
         self._tick("views")
         self._pending = []
         crops = None
         outputs = []
         for number, plan in enumerate(self.passes):
-            columns, rows, anchors = self._columns(number, plan, views, images, ids, streams.local)
+            detect = (first if detect_input is None else
+                      detect_input[number * self.detection_views:(number + 1) * self.detection_views])
+            columns, rows, anchors = self._columns(number, plan, views, detect, ids, streams.local)
             if number == 0 and self.small_crops is not None:
-                crops = self.small_crops(self.encode, images, streams.local)
+                crops = self.small_crops(self.encode, small_input, streams.local)
             outputs.append(self._contrast(plan, views, columns, rows, anchors, crops, mixing))
             self._pending.append(columns)
         if len(outputs) == 1:
@@ -325,16 +352,22 @@ class ContrastiveMethod(nn.Module):
         return StepOutput(sum(output.loss for output in outputs) / len(outputs), metrics, first.columns, first.rows,
                           first.targets)
 
-    def _columns(self, number: int, plan: Pass, views: list[Tensor], images: Tensor, ids: Tensor,
+    def _columns(self, number: int, plan: Pass, views: list[Tensor], detect: "Tensor | list[Tensor]", ids: Tensor,
                  local: torch.Generator) -> tuple[Columns, Rows, Tensor]:
-        """Embeds one pass's views; its columns, anchor rows and ``R×D`` anchor embeddings."""
-        batch = images.shape[0]
+        """Embeds one pass's views; its columns, anchor rows and ``R×D`` anchor embeddings.
+
+        ``detect``: the images the detection views are cut from, or their crops (one per view).
+        """
+        batch = ids.shape[0]
         anchors = embed_views(self.encode, [views[v] for v in plan.anchors]).transpose(0, 1)  # B×A×D
         if self.online_columns:
             block = anchors
         else:
             block = embed_views(self.embed_keys, [views[v] for v in plan.columns]).transpose(0, 1)  # B×C×D
-        extra = [self.embed_keys(self.detection_augment(images, local)) for _ in range(self.detection_views)]
+        if isinstance(detect, Tensor):
+            extra = [self.embed_keys(self.detection_augment(detect, local)) for _ in range(self.detection_views)]
+        else:
+            extra = [self.embed_keys(self.detection_augment(crops, local, cropped=True)) for crops in detect]
         detectors = torch.cat([block, torch.stack(extra, dim=1)], dim=1) if extra else block
         columns = Columns.build(block, ids, self.memory, self.batch_negatives, self.memory_counts_block,
                                 gradient=self.online_columns)
