@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from softcontrast.components.augment import CropSpec
+from softcontrast.components.augment import CropSpec  # noqa: F401 - a crop's spec, re-exported here
 
 #: ``(top, left, height, width)`` of a box in pixels of the full-size image.
 Box = tuple[int, int, int, int]
@@ -94,7 +94,7 @@ def decode_for_boxes(image: Image.Image, boxes: Sequence[Box], sizes: Sequence[i
     if draft and image.format == "JPEG":
         reduction = jpeg_reduction(boxes, sizes)
         if reduction > 1:
-            image.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
+            image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
     image = image.convert("RGB")
     return image, image.size[0] / width, image.size[1] / height
 
@@ -144,7 +144,7 @@ def center_crop_resize(image: Image.Image, size: int, crop_fraction: float = 1.0
     if draft and image.format == "JPEG":
         reduction = next((r for r in JPEG_REDUCTIONS if side >= r * size), 1)
         if reduction > 1:
-            image.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
+            image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
     image = image.convert("RGB")
     sx, sy = image.size[0] / width, image.size[1] / height
     region = (left * sx, top * sy, (left + box_w) * sx, (top + box_h) * sy)
