@@ -121,6 +121,10 @@ def run(settings: Settings) -> TrainResult:
     if accelerator.is_main_process and settings.from_digits:
         chosen = ", ".join(f"{name}={value}" for name, value in settings.from_digits.items())
         print(f"{settings.method} on digits, digits defaults (a flag or --config overrides each): {chosen}", flush=True)
+    if accelerator.is_main_process and settings.from_size:
+        chosen = ", ".join(f"{name}={value}" for name, value in settings.from_size.items())
+        print(f"{settings.method} on {data.dataset}, {settings.size_note} (a flag or --config overrides each): "
+              f"{chosen}", flush=True)
     set_seed(config.seed)
     splits = load_source(data.dataset, data.image_size, settings.train.num_workers)
     if data.train_subset is not None:

@@ -14,15 +14,15 @@ field (:mod:`softcontrast.flags`). Their defaults are the general ones;
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.augment import ViewRecipe, imagenet_family
 from softcontrast.components.backbones import Backbone, projector_for
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.registry import MethodSpec, Setup, load_plugin, method_spec
-from softcontrast.settings import setting, upgrade_settings
+from softcontrast.settings import SettingError, setting, upgrade_settings
 from softcontrast.training import TrainConfig
 
 
@@ -33,14 +33,22 @@ class DataSettings:
     dataset: str = setting("digits", "digits | imagefolder:<path> | npz:<path> | hf:<id>")
     train_subset: int | None = setting(None, "train on this many random training images")
     image_size: int | None = setting(None, "resize images to this side (none: the source's)")
-    view_size: int = setting(16, "side of the augmented views")
+    view_size: int | None = setting(None, "side of the augmented views (none: from the image size)")
     crop_min_scale: float | None = setting(
         None, "smallest crop area of the random resized crop (none: the method's recipe)")
     flip_p: float | None = setting(None, "horizontal flip probability (none: the method's recipe)")
+    augment: str = setting(
+        "auto", "view family: cifar (the method's views) | imagenet (plus MoCo v2's ImageNet blur and "
+        "ImageNet mean/std) | auto (from the image size)", choices=("auto", "cifar", "imagenet"))
 
     def view(self, recipe: ViewRecipe) -> ViewRecipe:
-        """``recipe`` at :attr:`view_size`, with the crop scale and flip chosen here (when set)."""
+        """``recipe`` at :attr:`view_size` in the :attr:`augment` family, with the crop scale and flip
+        chosen here (when set)."""
+        if self.view_size is None or self.augment == "auto":
+            raise ValueError("view_size and augment are chosen by resolve() from the image size; set them first")
         recipe = replace(recipe, size=self.view_size)
+        if self.augment == "imagenet":
+            recipe = imagenet_family(recipe)
         if self.crop_min_scale is not None:
             recipe = replace(recipe, crop_scale=(self.crop_min_scale, recipe.crop_scale[1]))
         if self.flip_p is not None:
@@ -54,8 +62,10 @@ class ModelSettings:
 
     backbone: str = setting("resnet18", "backbone architecture", choices=("resnet18", "resnet34", "resnet50"))
     width: int = setting(64, "channels of the first ResNet stage (64 = standard)")
-    cifar_stem: bool = setting(True, "CIFAR stem (3×3 conv, no max-pool); off: the ImageNet stem (7×7 conv + max-pool)")
-    projector_hidden: int = setting(512, "hidden width of the projector")
+    cifar_stem: bool | None = setting(
+        None, "CIFAR stem (3×3 conv, no max-pool); off: the ImageNet stem (7×7 conv + max-pool); "
+        "none: from the image size")
+    projector_hidden: int | None = setting(None, "hidden width of the projector (none: from the image size)")
     projector_out: int = setting(128, "output width of the projector")
     projector_layers: int = setting(2, "linear layers of the projector (1: a linear map)")
 
@@ -89,6 +99,48 @@ DIGITS_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Images at most this many pixels on their shorter side get :data:`SMALL_IMAGE_DEFAULTS` (CIFAR, SVHN,
+#: digits as loaded).
+SMALL_IMAGE_SIDE = 40
+#: Images at least this many pixels on their shorter side get :data:`LARGE_IMAGE_DEFAULTS` (ImageNet, photos).
+LARGE_IMAGE_SIDE = 128
+#: Defaults for small images: views at the image's own side, the CIFAR stem, the methods' CIFAR views.
+SMALL_IMAGE_DEFAULTS: dict[str, Any] = {"view_size": None, "cifar_stem": True, "augment": "cifar",
+                                        "projector_hidden": 512}
+#: Defaults for large images: the ImageNet protocol (224-px views, the ImageNet stem, ImageNet
+#: blur and statistics, MoCo v2's 2048-wide projector).
+LARGE_IMAGE_DEFAULTS: dict[str, Any] = {"view_size": 224, "cifar_stem": False, "augment": "imagenet",
+                                        "projector_hidden": 2048}
+#: Settings that follow the image size; without a value between the two sizes the run is refused.
+SIZE_SETTINGS = ("view_size", "cifar_stem", "augment", "projector_hidden")
+#: Of those, the ones a run between the two sizes must be given (the projector falls back to 512).
+SIZE_SETTINGS_REQUIRED = ("view_size", "cifar_stem", "augment")
+
+
+def size_defaults(side: int, unset: set[str], source: str) -> tuple[str, dict[str, Any]]:
+    """The image-size defaults of the settings in ``unset``: a name for them and their values.
+
+    Raises:
+        SettingError: the side lies between :data:`SMALL_IMAGE_SIDE` and :data:`LARGE_IMAGE_SIDE`
+            and a setting that has no safe default there is unset.
+    """
+    if side <= SMALL_IMAGE_SIDE:
+        table = {**SMALL_IMAGE_DEFAULTS, "view_size": side}
+        return f"small-image defaults ({side} px ≤ {SMALL_IMAGE_SIDE})", {k: table[k] for k in unset}
+    if side >= LARGE_IMAGE_SIDE:
+        return (f"ImageNet defaults ({side} px ≥ {LARGE_IMAGE_SIDE})",
+                {k: LARGE_IMAGE_DEFAULTS[k] for k in unset})
+    missing = [name for name in SIZE_SETTINGS_REQUIRED if name in unset]
+    if missing:
+        flags = {"view_size": "--view-size", "cifar_stem": "--cifar-stem or --no-cifar-stem",
+                 "augment": "--augment cifar|imagenet"}
+        raise SettingError(missing[0], (
+            f"{source}: images of {side} px lie between the small-image ({SMALL_IMAGE_SIDE} px or less) and the "
+            f"ImageNet ({LARGE_IMAGE_SIDE} px or more) defaults, so none is guessed: set "
+            + ", ".join(flags[name] for name in missing) + ", or use --config with a recipe"))
+    return f"defaults for {side}-px images", {"projector_hidden": 512} if "projector_hidden" in unset else {}
+
+
 #: The run's settings besides the method's, by section of ``--help``.
 RUN_SECTIONS: tuple[tuple[str, type], ...] = (
     ("data", DataSettings), ("model", ModelSettings), ("training", TrainConfig), ("run", RunSettings),
@@ -108,6 +160,8 @@ class Settings:
         run: devices, batch norm of the momentum encoder, output.
         from_digits: the settings that took :data:`DIGITS_DEFAULTS`.
         plugins: files or modules imported to register the method (saved with the run).
+        from_size: the settings that took an image-size default (:func:`size_defaults`).
+        size_note: which image-size defaults those were, and why.
     """
 
     method: str
@@ -118,6 +172,8 @@ class Settings:
     run: RunSettings
     from_digits: dict[str, Any]
     plugins: tuple[str, ...] = ()
+    from_size: dict[str, Any] = field(default_factory=dict)
+    size_note: str = ""
 
     def saved(self, num_train_samples: int | None = None) -> dict[str, Any]:
         """The run's saved settings (``run_config.json``): enough to rebuild it (:func:`rebuild_method`)."""
@@ -129,27 +185,46 @@ class Settings:
         return settings
 
 
-def resolve(spec: MethodSpec | None, given: Mapping[str, Any], plugins: tuple[str, ...] = ()) -> Settings:
-    """Every setting of a run of ``spec``: ``given`` (flags and config file), else the digits table, else the defaults.
+def resolve(spec: MethodSpec | None, given: Mapping[str, Any], plugins: tuple[str, ...] = (),
+            image_side: int | None = None) -> Settings:
+    """Every setting of a run of ``spec``: ``given`` (flags and config file), else the digits table,
+    else the image-size defaults, else the defaults.
 
-    ``spec`` may be ``None`` for the settings of a bare backbone (no method config).
+    ``spec`` may be ``None`` for the settings of a bare backbone (no method config). The
+    settings that follow the image size (:data:`SIZE_SETTINGS`) take :func:`size_defaults`
+    of ``image_side`` — read from the dataset (:func:`~softcontrast.data.probe.image_side`)
+    when not given and a value is missing.
 
     Raises:
-        SettingError: a setting outside its range (it names the field).
+        SettingError: a setting outside its range (it names the field), or images of a size
+            between the small and the ImageNet defaults without the settings they need.
+        DataSourceError: the dataset's image size cannot be read.
     """
-    on_digits = given.get("dataset", DataSettings.dataset) == "digits"
+    dataset = given.get("dataset", DataSettings.dataset)
+    on_digits = dataset == "digits"
     from_digits: dict[str, Any] = {}
+    unset = {name for name in SIZE_SETTINGS
+             if given.get(name) is None and not (on_digits and name in DIGITS_DEFAULTS)}
+    size_note, from_size = "", {}
+    if unset:
+        if image_side is None:
+            from softcontrast.data.probe import image_side as probe
+
+            image_side = probe(dataset, given.get("image_size"))
+        size_note, from_size = size_defaults(image_side, unset, dataset)
 
     def values(section: type, **fixed: Any) -> dict[str, Any]:
         chosen = {}
         for item in fields(section):
             if item.name in fixed or not item.init:
                 continue
-            if item.name in given:
+            if item.name in given and given[item.name] is not None:
                 value = given[item.name]
                 chosen[item.name] = tuple(value) if isinstance(value, list) else value
             elif on_digits and item.name in DIGITS_DEFAULTS:
                 chosen[item.name] = from_digits[item.name] = DIGITS_DEFAULTS[item.name]
+            elif item.name in from_size:
+                chosen[item.name] = from_size[item.name]
         return {**chosen, **fixed}
 
     name = spec.name if spec is not None else "backbone"
@@ -157,7 +232,8 @@ def resolve(spec: MethodSpec | None, given: Mapping[str, Any], plugins: tuple[st
     config = spec.config(**values(spec.config)) if spec is not None else None
     return Settings(name, config, DataSettings(**values(DataSettings)), ModelSettings(**values(ModelSettings)),
                     TrainConfig(**values(TrainConfig, output_dir=output_dir)),
-                    RunSettings(**values(RunSettings, output_dir=output_dir)), from_digits, plugins)
+                    RunSettings(**values(RunSettings, output_dir=output_dir)), from_digits, plugins,
+                    from_size, size_note)
 
 
 def make_method(settings: Settings, backbone: Backbone, processes: int = 1,

@@ -54,10 +54,17 @@ RENAMED_SETTINGS = {"tau": "temperature"}
 NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_cifar_stem": "cifar_stem"}
 
 
+#: Settings added after runs were saved, with the value those runs trained with.
+ADDED_SETTINGS = {"augment": "cifar"}
+
+
 def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`, and FNC's
-    ``variant: moco`` as the method ``fnc-moco`` (its ``support_views`` as ``detection_views``)."""
+    """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`,
+    :data:`ADDED_SETTINGS`, and FNC's ``variant: moco`` as the method ``fnc-moco`` (its
+    ``support_views`` as ``detection_views``)."""
     values = dict(saved)
+    for name, value in ADDED_SETTINGS.items():
+        values.setdefault(name, value)
     if values.get("method") == "fnc" and values.get("variant") == "moco":
         values["method"] = "fnc-moco"
         if "support_views" in values and "detection_views" not in values:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from softcontrast.cli import build_parser, flag_names, resolve, train
+from softcontrast.components.augment import CIFAR_MEAN, IMAGENET_MEAN, IMAGENET_STD, moco_v2_cifar, sce_weak
+from softcontrast.run_settings import SIZE_SETTINGS
 from softcontrast.methods.moco import build_moco
 from softcontrast.methods.registry import _REGISTRY, method_spec, register
 from softcontrast.settings import SettingError, setting
@@ -58,7 +60,7 @@ def test_config_fields_become_flags_with_their_docs(toy, capsys):
     assert "--queue-size QUEUE_SIZE keys in the toy queue (default: 48; 1024 on digits)" in shown
     assert "--hidden" not in shown and "--use-extra" not in shown
     settings = resolve(toy, vars(build_parser(toy).parse_args(["--no-extra", "--toy-range", "0.2", "0.3",
-                                                               "--dataset", "npz:x"])))
+                                                               "--dataset", "npz:x"])), image_side=32)
     assert settings.config == ToyConfig(use_extra=False, toy_range=(0.2, 0.3))
 
 
@@ -120,8 +122,8 @@ def test_the_digits_defaults_are_todays(name):
     for key, value in {**DIGITS_TODAY, **METHODS_TODAY[name]}.items():
         assert saved[key] == value, key
     assert saved["output_dir"] == f"runs/{name}"
-    elsewhere = resolve(spec, vars(build_parser(spec).parse_args(["--dataset", "npz:x"]))).saved()
-    assert (elsewhere["width"], elsewhere["view_size"], elsewhere["epochs"], elsewhere["flip_p"]) == (64, 16, 100, None)
+    elsewhere = resolve(spec, vars(build_parser(spec).parse_args(["--dataset", "npz:x"])), image_side=32).saved()
+    assert (elsewhere["width"], elsewhere["view_size"], elsewhere["epochs"], elsewhere["flip_p"]) == (64, 32, 100, None)
 
 
 def softcontrast(*argv, cwd=ROOT, env=None):
@@ -155,3 +157,53 @@ def test_softcontrast_train_runs_a_plugin_method(tmp_path):
     saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
     assert saved["temperature"] == 0.5 and saved["queue_size"] == 32
     assert (tmp_path / "run" / "backbone.pt").is_file()
+
+
+def test_the_defaults_follow_the_image_size():
+    spec = method_spec("moco")
+
+    def resolved(side, *argv):
+        return resolve(spec, vars(build_parser(spec).parse_args(["--dataset", "npz:x", *argv])), image_side=side)
+
+    small = resolved(32)
+    assert (small.data.view_size, small.model.cifar_stem, small.data.augment, small.model.projector_hidden) == (
+        32, True, "cifar", 512)
+    assert small.data.view(moco_v2_cifar()).mean == CIFAR_MEAN
+    large = resolved(375)
+    assert (large.data.view_size, large.model.cifar_stem, large.data.augment, large.model.projector_hidden) == (
+        224, False, "imagenet", 2048)
+    assert "ImageNet defaults (375 px" in large.size_note and set(large.from_size) == set(SIZE_SETTINGS)
+    view = large.data.view(moco_v2_cifar())
+    assert (view.size, view.mean, view.blur_p, view.jitter) == (224, IMAGENET_MEAN, 0.5, moco_v2_cifar().jitter)
+    weak = large.data.view(sce_weak())
+    assert weak.blur_p == 0 and weak.std == IMAGENET_STD  # a weak view stays weak
+    chosen = resolved(375, "--view-size", "96", "--cifar-stem")
+    assert (chosen.data.view_size, chosen.model.cifar_stem, chosen.data.augment) == (96, True, "imagenet")
+    assert set(chosen.from_size) == {"augment", "projector_hidden"}
+    with pytest.raises(SettingError, match="images of 96 px lie between") as refused:
+        resolved(96, "--view-size", "64")
+    assert refused.value.name == "cifar_stem" and "--augment" in str(refused.value)
+    given = resolved(96, "--view-size", "64", "--no-cifar-stem", "--augment", "cifar")
+    assert (given.model.cifar_stem, given.model.projector_hidden) == (False, 512)
+
+
+def test_a_run_on_large_photos_says_which_defaults_it_chose(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(photos[i % 2][50 * i:50 * i + 150, 40 * i:40 * i + 200]).save(
+                tmp_path / "photos" / label / f"{i}.jpg", quality=90)
+    run = softcontrast("train", "moco", "--dataset", f"imagefolder:{tmp_path / 'photos'}", "--view-size", "32",
+                       "--cpu", "--epochs", "1", "--batch-size", "4", "--queue-size", "8", "--width", "4",
+                       "--projector-hidden", "16", "--projector-out", "8", "--num-workers", "1",
+                       "--output-dir", tmp_path / "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = run.stdout.splitlines()[0]
+    assert "ImageNet defaults (150 px" in first and "cifar_stem=False, augment=imagenet" in first
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert (saved["view_size"], saved["cifar_stem"], saved["augment"], saved["projector_hidden"]) == (
+        32, False, "imagenet", 16)

@@ -49,7 +49,7 @@ def seeded_random_init_knn() -> float:
 
 def views(*argv: str):
     spec = method_spec("moco")
-    return resolve(spec, vars(build_parser(spec).parse_args(list(argv)))).data.view(moco_v2_cifar())
+    return resolve(spec, vars(build_parser(spec).parse_args(list(argv))), image_side=32).data.view(moco_v2_cifar())
 
 
 def test_view_flags_default_to_no_flip_on_digits_only():

@@ -147,6 +147,19 @@ def imagenet_strong(size: int = 224, blur_p: float = 1.0, solarize_p: float = 0.
     )
 
 
+def imagenet_family(recipe: ViewRecipe) -> ViewRecipe:
+    """A method's view with MoCo v2's ImageNet additions (ours to name: the ``imagenet`` view family).
+
+    MoCo v2's ImageNet views are its CIFAR views plus Gaussian blur (σ 0.1–2, kernel
+    about 10 % of the side) with p 0.5, normalised with ImageNet's mean and std. Here the
+    blur is added with p 0.5 to views that jitter colour (a weak view, crop and flip
+    only, stays weak), and every view takes ImageNet's statistics; crops, flips and
+    jitter stay the method's. The papers' own ImageNet views are recipes of their own.
+    """
+    blur_p = 0.5 if recipe.jitter_p > 0 and recipe.blur_p == 0 else recipe.blur_p
+    return replace(recipe, blur_p=blur_p, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
 def for_image_size(recipe: ViewRecipe, size: int) -> ViewRecipe:
     """The same recipe producing views of side ``size``."""
     return replace(recipe, size=size)
