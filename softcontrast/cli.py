@@ -200,7 +200,7 @@ def train_command(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``softcontrast`` command: ``train NAME [flags]`` or ``evaluate RUN_DIR``."""
+    """The ``softcontrast`` command: ``train NAME [flags]``, ``evaluate RUN_DIR`` or ``prepare SOURCE OUT --size S``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         train_command(argv[1:])
@@ -208,9 +208,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from softcontrast.evaluation.command import main as evaluate
 
         evaluate(argv)
+    elif argv and argv[0] == "prepare":
+        from softcontrast.prepare_command import main as prepare
+
+        prepare(argv[1:])
     else:
-        print("usage: softcontrast {train,evaluate} ...\n\n"
+        print("usage: softcontrast {train,evaluate,prepare} ...\n\n"
               "  train NAME [flags]   train a registered method (softcontrast train --help lists them)\n"
-              "  evaluate RUN_DIR     kNN sweep, linear probe, baselines and pictures of a finished run",
+              "  evaluate RUN_DIR     kNN sweep, linear probe, baselines and pictures of a finished run\n"
+              "  prepare SOURCE OUT --size S   write a dataset once into memory-mapped files (prepared:OUT)",
               file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)

@@ -339,7 +339,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 self.method.after_optimizer_step(self.progress.global_step, total_steps)
                 self.progress.global_step += 1
-                images_seen += images.shape[0] * accelerator.num_processes
+                images_seen += ids.shape[0] * accelerator.num_processes
                 losses.append(output.loss.detach())
                 guard.observe(self.progress.global_step, loss_parts(output.loss, output.metrics))
                 if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
