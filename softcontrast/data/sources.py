@@ -9,8 +9,9 @@ Sources:
 * ``npz:<path>`` – a NumPy archive with ``x_train, y_train, x_test, y_test``
   (images as ``N×H×W``, ``N×H×W×C`` or ``N×C×H×W``).
 * ``hf:<id>`` – a Hugging Face dataset: a hub name, or a folder written by
-  ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``. The image and label
-  columns are detected from the features.
+  ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``, or a local data folder. The
+  image and label columns are detected from the features; the Arrow files stay
+  memory-mapped and each image is read when needed (:class:`~softcontrast.data.hf.HFImages`).
 
 Small images (at most :data:`MAX_RESIDENT_SIDE` pixels on a side, or ``image_size``
 set that small) are decoded once into one ``uint8`` tensor
