@@ -9,8 +9,8 @@ solo-learn's multi-view wrappers do. Ours is
 :class:`~softcontrast.data.images.FolderImages` as it runs in training: decode (at a
 reduced JPEG scale where every crop allows it), the same box rule, one antialiased
 resize to 224, ``uint8`` out; flip, colour and normalisation happen later on the
-device. Also ours with ``draft=False``, and ours over the prepared format when
-``softcontrast.data.prepared`` is in the checkout.
+device. Also ours with ``draft=False``, and ours over the prepared format (``softcontrast prepare``,
+``jpeg`` and ``pixels`` records at 256 px).
 
 Both sides run in this process through a ``DataLoader`` with ``num_workers=0`` and
 one torch thread, so each figure is the work of one CPU core. Contenders take turns
@@ -57,7 +57,7 @@ SIZE = 224
 TORCHVISION = "torchvision"
 OURS = "ours"
 OURS_NO_DRAFT = "ours, draft off"
-OURS_PREPARED = "ours, prepared"
+OURS_PREPARED = "ours, prepared"  # + its format: "ours, prepared jpeg", "ours, prepared pixels"
 
 NOTES = [
     "One CPU core: DataLoader with num_workers=0, torch.set_num_threads(1); each pass decodes every image once "
@@ -115,8 +115,8 @@ def quartiles(values: list[float]) -> dict[str, float]:
     return {"median": median, "q1": q1, "q3": q3}
 
 
-def prepared_source(source: ImageSource, folder: Path, size: int, fmt: str | None) -> tuple[ImageSource | None, dict]:
-    """Our prepared format of ``source`` written to ``folder``, when the checkout has it.
+def prepared_source(root: Path, folder: Path, size: int, fmt: str) -> tuple[ImageSource | None, dict]:
+    """Our prepared format (``softcontrast prepare``) of the folder ``root``, written to ``folder``.
 
     Returns:
         The prepared training split (or ``None``) and what happened, for the report.
@@ -125,16 +125,13 @@ def prepared_source(source: ImageSource, folder: Path, size: int, fmt: str | Non
         from softcontrast.data.prepared import load_prepared, prepare
     except ImportError as error:
         return None, {"available": False, "note": f"not available: softcontrast.data.prepared ({error})"}
-    options = {} if fmt is None else {"format": fmt}
     start = time.perf_counter()
     try:
-        prepare(source, folder, size, **options)
-        loaded = load_prepared(folder, None, 0)
-    except Exception as error:  # an API still being written: report it instead of losing the other figures
+        prepare(f"imagefolder:{root}", folder, size, format=fmt)
+        split = load_prepared(folder, None, 0).train
+    except Exception as error:
         return None, {"available": False, "note": f"prepare/load_prepared failed: {type(error).__name__}: {error}"}
-    split = getattr(loaded, "train", loaded)
-    return split, {"available": True, "size": size, "format": fmt or "default",
-                   "prepare_s": time.perf_counter() - start}
+    return split, {"available": True, "size": size, "format": fmt, "prepare_s": time.perf_counter() - start}
 
 
 def machine() -> dict[str, Any]:
@@ -232,7 +229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--views", type=int, nargs="+", default=[2, 1], help="crops per image to compare")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--prepared-size", type=int, default=256, help="image side given to prepare()")
-    parser.add_argument("--prepared-format", default=None, help="format given to prepare() (its default if unset)")
+    parser.add_argument("--prepared-formats", nargs="+", default=["jpeg", "pixels"], choices=["jpeg", "pixels"],
+                        help="formats of the prepared folders measured")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loader_cpu.json")
     args = parser.parse_args(argv)
@@ -254,16 +252,20 @@ def main(argv: list[str] | None = None) -> dict:
         files = write_imagenet_like_folder(root, args.images, args.classes, args.seed)
         mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         source = FolderImages(root, *list_image_folder(root))
-        prepared, prepared_report = prepared_source(source, Path(temp) / "prepared", args.prepared_size,
-                                                    args.prepared_format)
+        prepared, prepared_report = {}, {}
+        for fmt in args.prepared_formats:
+            prepared[fmt], prepared_report[fmt] = prepared_source(root, Path(temp) / f"prepared-{fmt}",
+                                                                  args.prepared_size, fmt)
         contenders: dict[tuple[int, str], Callable[[int], torch.utils.data.Dataset]] = {}
         for views in args.views:
             tv = torchvision_dataset(root, views)
             contenders[(views, TORCHVISION)] = lambda r, tv=tv: tv
             contenders[(views, OURS)] = lambda r, v=views: our_dataset(source, v, args.seed, True)
             contenders[(views, OURS_NO_DRAFT)] = lambda r, v=views: our_dataset(source, v, args.seed, False)
-            if prepared is not None:
-                contenders[(views, OURS_PREPARED)] = lambda r, v=views: our_dataset(prepared, v, args.seed, True)
+            for fmt, split in prepared.items():
+                if split is not None:
+                    contenders[(views, f"{OURS_PREPARED} {fmt}")] = (
+                        lambda r, v=views, split=split: our_dataset(split, v, args.seed, True))
         start = time.perf_counter()
         times = measure(contenders, len(source), args.rounds, args.batch_size, args.seed)
         elapsed = time.perf_counter() - start

@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from softcontrast.components.augment import CropSpec, ViewRecipe
 from softcontrast.data import FolderImages, RandomCrops, TrainingBatches, sample_box
-from softcontrast.data.crops import crop_resize, decode_for_boxes, jpeg_reduction, pil_to_tensor
+from softcontrast.data.crops import crop_resize, decode, jpeg_reduction, pil_to_tensor, random_crops
 from softcontrast.data.images import list_image_folder
 
 
@@ -28,29 +28,32 @@ def photo(width: int, height: int, which: int = 0) -> Image.Image:
 @pytest.mark.parametrize("box,size", [((0, 0, 120, 90), 64), ((31, 17, 200, 301), 224), ((5, 40, 30, 24), 48),
                                       ((0, 0, 375, 375), 32)])
 def test_crop_pixels_equal_torchvisions_resized_crop(width, height, box, size):
-    image = photo(width, height)
+    image = pil_to_tensor(photo(width, height))
     top, left, h, w = box
     h, w = min(h, height - top), min(w, width - left)
-    expected = pil_to_tensor(TF.resized_crop(image, top, left, h, w, [size, size], antialias=True))
+    expected = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
     assert torch.equal(crop_resize(image, (top, left, h, w), size), expected)
+    on_pil = pil_to_tensor(TF.resized_crop(photo(width, height), top, left, h, w, [size, size], antialias=True))
+    assert (on_pil.int() - expected.int()).abs().max() <= 1  # PIL's bilinear filter, to one level
 
 
-def test_a_workers_crop_is_torchvisions_crop_of_its_box(tmp_path):
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_workers_crop_is_torchvisions_crop_of_its_box(tmp_path, suffix):
+    from torchvision.io import decode_image
+
     (tmp_path / "a").mkdir()
-    photo(500, 375).save(tmp_path / "a" / "wide.png")
-    photo(375, 500, which=1).save(tmp_path / "a" / "tall.png")
+    photo(500, 375).save(tmp_path / "a" / f"wide.{suffix}")
+    photo(375, 500, which=1).save(tmp_path / "a" / f"tall.{suffix}")
     source = FolderImages(tmp_path, *list_image_folder(tmp_path))
     specs = [CropSpec(96, (0.2, 1.0)), CropSpec(48, (0.05, 0.3), (0.5, 2.0))]
     crops = RandomCrops(source, specs, seed=3, draft=False)
     for index in range(2):
-        with source.open(index) as image:
-            width, height = image.size
-            full = image.convert("RGB")
+        full = decode_image(source.path(index))  # what torchvision's reader gives
+        height, width = full.shape[1:]
         cut, got_index = crops[(index, 7)]
         assert got_index == index
         for (top, left, h, w), spec, crop in zip(crops.boxes(index, 7, height, width), specs, cut):
-            expected = pil_to_tensor(TF.resized_crop(full, top, left, h, w, [spec.size] * 2, antialias=True))
-            assert torch.equal(crop, expected)
+            assert torch.equal(crop, TF.resized_crop(full, top, left, h, w, [spec.size] * 2, antialias=True))
 
 
 def _histograms(boxes: np.ndarray, height: int, width: int, scale, ratio):
@@ -105,13 +108,16 @@ def test_jpeg_is_decoded_at_the_smallest_scale_that_covers_every_crop():
     assert jpeg_reduction([(0, 0, 400, 300)], [64]) == 4
     assert jpeg_reduction([(0, 0, 400, 300), (0, 0, 100, 100)], [64, 64]) == 1
     assert jpeg_reduction([(0, 0, 500, 500)], [224]) == 2
-    boxes, sizes = [(10, 20, 300, 400)], [64]
-    reduced, sx, sy = decode_for_boxes(_jpeg(photo(500, 375)), boxes, sizes)
-    assert reduced.size == (125, 94) and (sx, sy) == pytest.approx((0.25, 94 / 375))
-    full, one_x, one_y = decode_for_boxes(_jpeg(photo(500, 375)), boxes, sizes, draft=False)
-    assert full.size == (500, 375) and one_x == one_y == 1.0
-    drafted = crop_resize(reduced, boxes[0], 64, sx, sy).float()
-    exact = crop_resize(full, boxes[0], 64).float()
+    box = (10, 20, 300, 400)
+    reduced, sx, sy = decode(_jpeg(photo(500, 375)), reduction=4)
+    assert reduced.shape == (3, 94, 125) and (sx, sy) == pytest.approx((0.25, 94 / 375))
+    buffer = io.BytesIO()
+    photo(500, 375).save(buffer, "JPEG", quality=90)
+    full, one_x, one_y = decode(_jpeg(photo(500, 375)), buffer.getvalue())
+    assert full.shape == (3, 375, 500) and one_x == one_y == 1.0
+    drafted = random_crops(_jpeg(photo(500, 375)), [box], [64], buffer.getvalue())[0].float()
+    exact = random_crops(_jpeg(photo(500, 375)), [box], [64], buffer.getvalue(), draft=False)[0].float()
+    assert torch.equal(drafted, crop_resize(reduced, box, 64, sx, sy).float())
     assert (drafted - exact).abs().mean() < 6  # the same part of the scene; only the resampling source differs
 
 

@@ -35,11 +35,9 @@ def test_one_tiny_round_reports_every_loader_with_positive_finite_figures(tmp_pa
     out = tmp_path / "loader.json"
     report = loader.main(["--images", "6", "--classes", "2", "--rounds", "1", "--batch-size", "4", "--out", str(out)])
     assert json.loads(out.read_text()) == report
-    names = [loader.TORCHVISION, loader.OURS, loader.OURS_NO_DRAFT]
-    if report["prepared"]["available"]:
-        names.append(loader.OURS_PREPARED)
-    else:
-        assert report["prepared"]["note"].startswith(("not available", "prepare/load_prepared failed"))
+    names = [loader.TORCHVISION, loader.OURS, loader.OURS_NO_DRAFT,
+             f"{loader.OURS_PREPARED} jpeg", f"{loader.OURS_PREPARED} pixels"]
+    assert all(report["prepared"][fmt]["available"] for fmt in ("jpeg", "pixels")), report["prepared"]
     assert [(r["views"], r["loader"]) for r in report["results"]] == [(v, n) for v in (2, 1) for n in names]
     assert [(r["views"], r["loader"]) for r in report["ratios"]] == [(v, n) for v in (2, 1) for n in names[1:]]
     for row in report["results"] + report["ratios"]:

@@ -123,7 +123,7 @@ def test_a_streamed_prepared_folder_trains(tmp_path, capsys):
     write_folder(tmp_path / "src" / "test")
     prepare(f"imagefolder:{tmp_path / 'src'}", tmp_path / "large", 120, "jpeg")
     main(["train", "moco", "--cpu", "--epochs", "1", "--batch-size", "4", "--width", "4", "--knn-k", "3",
-          "--num-workers", "1", "--dataset", f"prepared:{tmp_path / 'large'}", "--output-dir", str(tmp_path / "run")])
+          "--num-workers", "1", "--view-size", "32", "--no-cifar-stem", "--augment", "imagenet", "--dataset", f"prepared:{tmp_path / 'large'}", "--output-dir", str(tmp_path / "run")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs_done"] == 1 and np.isfinite(summary["final_loss"])
 

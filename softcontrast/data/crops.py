@@ -3,21 +3,25 @@
 The box is torchvision's ``RandomResizedCrop`` box: drawn from the image's own
 height and width, its area a uniform fraction ``scale`` of the image's and the log of
 its aspect ratio uniform in ``log(ratio)``; ten tries, then the largest centred box
-within ``ratio``. The box is then resized to the view's side with PIL's bilinear
-filter, which antialiases (the filter widens with the reduction), so a crop equals
-``torchvision.transforms.v2.functional.resized_crop(image, *box, [size, size])`` on
-the PIL image, pixel for pixel.
+within ``ratio``. The box is cut from the decoded ``uint8`` image and resized to the
+view's side by ``torchvision.transforms.v2.functional.resized_crop`` with
+``antialias=True`` (torch's ``uint8`` antialiased bilinear kernel), so a crop is
+torchvision's ``resized_crop`` of the image tensor, pixel for pixel; against PIL's
+bilinear resize of the same box it differs by at most one level.
 
-JPEG files are decoded at the smallest of the scales 1, 1/2, 1/4, 1/8 that still
-gives every crop of the image at least its view size in pixels (PIL's ``draft``: the
-decoder skips the fine DCT coefficients). The boxes are drawn on the full-size image
-first and mapped onto the reduced one, so the crops cover the same part of the scene;
-only the resampling source differs (compare ``draft=False``).
+Decoding: JPEG bytes decode with ``torchvision.io.decode_jpeg`` (libjpeg-turbo into
+a tensor, no PIL image in between); other formats with PIL. A JPEG is decoded at the
+smallest of the scales 1, 1/2, 1/4, 1/8 that still gives every crop of the image at
+least its view size in pixels (PIL's ``draft``: the decoder skips the fine DCT
+coefficients), as large photos allow. The boxes are drawn on the full-size image
+first and mapped onto the reduced one (rounded to its pixels), so the crops cover the
+same part of the scene; only the resampling source differs (compare ``draft=False``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +30,13 @@ from PIL import Image
 from torch import Tensor
 
 from softcontrast.components.augment import CropSpec  # noqa: F401 - a crop's spec, re-exported here
+
+try:  # torchvision's JPEG decoder (deprecated in favour of TorchCodec): where it is gone, PIL decodes
+    from torchvision.io import ImageReadMode, decode_jpeg as _decode_jpeg
+
+    _RGB = ImageReadMode.RGB
+except ImportError:  # pragma: no cover - a torchvision without image decoding
+    _decode_jpeg = _RGB = None
 
 #: ``(top, left, height, width)`` of a box in pixels of the full-size image.
 Box = tuple[int, int, int, int]
@@ -77,52 +88,75 @@ def jpeg_reduction(boxes: Sequence[Box], sizes: Sequence[int]) -> int:
     return 1
 
 
-def decode_for_boxes(image: Image.Image, boxes: Sequence[Box], sizes: Sequence[int],
-                     draft: bool = True) -> tuple[Image.Image, float, float]:
-    """Decodes an opened image, at a reduced scale where the boxes allow (JPEG only).
+def decode(image: Image.Image, encoded: bytes | None = None, reduction: int = 1) -> tuple[Tensor, float, float]:
+    """Decodes an opened image to a ``3×H×W`` ``uint8`` tensor, a JPEG at ``1/reduction`` scale.
 
     Args:
-        image: an opened, not yet decoded image.
-        boxes: the crops that will be cut, in full-size pixels.
-        sizes: the output side of each crop.
-        draft: allow decoding a JPEG at 1/2, 1/4 or 1/8 scale.
+        image: the opened, not yet decoded image.
+        encoded: its file's bytes, when at hand (a full-scale JPEG then decodes with
+            ``torchvision.io.decode_jpeg``).
+        reduction: 1, 2, 4 or 8; applies to JPEG only.
 
     Returns:
-        The decoded RGB image and the factors from full-size to decoded pixels (x, y).
+        The pixels and the factors from full-size to decoded pixels (x, y).
     """
     width, height = image.size
-    if draft and image.format == "JPEG":
-        reduction = jpeg_reduction(boxes, sizes)
-        if reduction > 1:
-            image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
-    image = image.convert("RGB")
-    return image, image.size[0] / width, image.size[1] / height
+    if image.format == "JPEG" and reduction == 1 and encoded is not None and _decode_jpeg is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pixels = _decode_jpeg(torch.frombuffer(bytearray(encoded), dtype=torch.uint8), mode=_RGB)
+            return pixels, 1.0, 1.0
+        except RuntimeError:
+            pass  # a JPEG flavour the tensor decoder refuses: PIL decodes it below
+    if image.format == "JPEG" and reduction > 1:
+        image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
+    pixels = pil_to_tensor(image)
+    return pixels, pixels.shape[2] / width, pixels.shape[1] / height
 
 
-def crop_resize(image: Image.Image, box: Box, size: int, scale_x: float = 1.0, scale_y: float = 1.0) -> Tensor:
-    """Cuts ``box`` (full-size pixels) out of a decoded image and resizes it to ``size × size``.
+def crop_resize(pixels: Tensor, box: Box, size: int, scale_x: float = 1.0, scale_y: float = 1.0) -> Tensor:
+    """Cuts ``box`` (full-size pixels) out of decoded pixels and resizes it to ``size × size`` (antialiased).
 
     Args:
-        image: the decoded RGB image (possibly decoded at a reduced scale).
+        pixels: ``3×H×W`` ``uint8``, possibly decoded at a reduced scale.
         box: ``(top, left, height, width)`` in full-size pixels.
         size: output side.
-        scale_x: decoded pixels per full-size pixel, horizontally.
+        scale_x: decoded pixels per full-size pixel, horizontally (the box is mapped and rounded).
         scale_y: the same, vertically.
 
     Returns:
         ``3 × size × size`` ``uint8``.
     """
+    from torchvision.transforms.v2 import functional as TF
+
     top, left, h, w = box
-    region = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-    if scale_x == 1.0 and scale_y == 1.0:
-        resized = image.crop(tuple(int(v) for v in region)).resize((size, size), Image.BILINEAR)
-    else:
-        resized = image.resize((size, size), Image.BILINEAR, box=region)
-    return pil_to_tensor(resized)
+    if scale_x != 1.0 or scale_y != 1.0:
+        rows, columns = pixels.shape[1:]
+        top, left = min(round(top * scale_y), rows - 1), min(round(left * scale_x), columns - 1)
+        h, w = max(1, min(round(h * scale_y), rows - top)), max(1, min(round(w * scale_x), columns - left))
+    return TF.resized_crop(pixels, top, left, h, w, [size, size], antialias=True)
 
 
-def center_crop_resize(image: Image.Image, size: int, crop_fraction: float = 1.0, draft: bool = True) -> Tensor:
-    """The evaluation view: shorter side resized to ``size / crop_fraction``, centre ``size × size`` kept.
+def random_crops(image: Image.Image, boxes: Sequence[Box], sizes: Sequence[int], encoded: bytes | None = None,
+                 draft: bool = True) -> list[Tensor]:
+    """The crops ``boxes`` of an opened image, each resized to its size, decoding once at the scale they allow.
+
+    Args:
+        image: the opened, not yet decoded image.
+        boxes: ``(top, left, height, width)`` in full-size pixels.
+        sizes: the output side of each crop.
+        encoded: the image file's bytes, when at hand.
+        draft: allow decoding a JPEG at 1/2, 1/4 or 1/8 scale.
+    """
+    reduction = jpeg_reduction(boxes, sizes) if draft and image.format == "JPEG" else 1
+    pixels, sx, sy = decode(image, encoded, reduction)
+    return [crop_resize(pixels, box, size, sx, sy) for box, size in zip(boxes, sizes)]
+
+
+def center_crop_resize(image: Image.Image, size: int, crop_fraction: float = 1.0, draft: bool = True,
+                       encoded: bytes | None = None) -> Tensor:
+    """The evaluation view: the centred square of side ``crop_fraction`` × the shorter side, resized to ``size``.
 
     ``crop_fraction`` 0.875 is the usual ImageNet protocol (resize 256, centre crop 224);
     1 keeps the whole shorter side.
@@ -130,25 +164,17 @@ def center_crop_resize(image: Image.Image, size: int, crop_fraction: float = 1.0
     Args:
         image: an opened, not yet decoded image.
         size: output side.
-        crop_fraction: the kept side as a fraction of the resized shorter side.
+        crop_fraction: the kept side as a fraction of the shorter side.
         draft: allow decoding a JPEG at a reduced scale that still covers the output.
+        encoded: the image file's bytes, when at hand.
 
     Returns:
         ``3 × size × size`` ``uint8``.
     """
     width, height = image.size
-    short = min(width, height)
-    side = short * crop_fraction  # full-size pixels kept along the shorter side
-    box_h = box_w = side
-    top, left = (height - box_h) / 2, (width - box_w) / 2
-    if draft and image.format == "JPEG":
-        reduction = next((r for r in JPEG_REDUCTIONS if side >= r * size), 1)
-        if reduction > 1:
-            image.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
-    image = image.convert("RGB")
-    sx, sy = image.size[0] / width, image.size[1] / height
-    region = (left * sx, top * sy, (left + box_w) * sx, (top + box_h) * sy)
-    return pil_to_tensor(image.resize((size, size), Image.BILINEAR, box=region))
+    side = max(1, round(min(width, height) * crop_fraction))
+    box = ((height - side) // 2, (width - side) // 2, side, side)
+    return random_crops(image, [box], [size], encoded, draft)[0]
 
 
 def pil_to_tensor(image: Image.Image) -> Tensor:

@@ -69,6 +69,12 @@ class HFImages(ImageSource):
     def describe(self, index: int) -> str:
         return f"hf:{self.name} split {self.split_name!r} row {index}"
 
+    remedy = "Drop or replace the row (Dataset.filter / Dataset.map) and save the dataset again."
+
+    def encoded(self, index: int) -> bytes | None:
+        cell = self.rows[int(index)][self.column]
+        return (cell or {}).get("bytes")
+
     def open(self, index: int) -> Image.Image:
         cell = self.rows[int(index)][self.column]
         data, path = (cell or {}).get("bytes"), (cell or {}).get("path")

@@ -34,9 +34,18 @@ class ImageSource:
 
     labels: Tensor
     classes: list[str]
+    #: What to do about an image that cannot be decoded (ends the error message).
+    remedy: str = "Remove or replace the file."
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    def encoded(self, index: int) -> bytes | None:
+        """The stored bytes of image ``index`` when it is stored encoded (a JPEG, a PNG), else ``None``.
+
+        With the bytes at hand a crop decodes a JPEG with ``torchvision.io.decode_jpeg``.
+        """
+        return None
 
     def open(self, index: int) -> Image.Image:
         """Image ``index``, opened but not yet decoded.
@@ -83,8 +92,25 @@ class SourceSubset(ImageSource):
     def open(self, index: int) -> Image.Image:
         return self.source.open(int(self.indices[index]))
 
+    def encoded(self, index: int) -> bytes | None:
+        return self.source.encoded(int(self.indices[index]))
+
+    @property
+    def remedy(self) -> str:  # type: ignore[override]
+        return self.source.remedy
+
     def describe(self, index: int) -> str:
         return self.source.describe(int(self.indices[index]))
+
+
+def open_source_image(source: ImageSource, index: int) -> tuple[bytes | None, Image.Image]:
+    """Image ``index`` of ``source``: its stored bytes (or ``None``) and the image opened lazily."""
+    import io
+
+    encoded = source.encoded(index)
+    if encoded is None:
+        return None, source.open(index)
+    return encoded, open_image(io.BytesIO(encoded), source.describe(index))
 
 
 def open_image(file, name: str) -> Image.Image:
@@ -164,6 +190,14 @@ class FolderImages(ImageSource):
     def open(self, index: int) -> Image.Image:
         path = self.path(index)
         return open_image(path, path)
+
+    def encoded(self, index: int) -> bytes:
+        path = self.path(index)
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as error:
+            raise DataSourceError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
 
     def describe(self, index: int) -> str:
         return self.path(index)

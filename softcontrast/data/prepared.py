@@ -135,6 +135,11 @@ class PreparedImages(ImageSource):
         """The stored bytes of image ``index`` (a view of the mapping)."""
         return self.data[self.offsets[index]:self.offsets[index + 1]]
 
+    remedy = "The prepared folder is damaged: run softcontrast prepare again."
+
+    def encoded(self, index: int) -> bytes | None:
+        return None if self.format == "pixels" else self.record(index).tobytes()
+
     def open(self, index: int) -> Image.Image:
         record = self.record(index)
         if self.format == "pixels":

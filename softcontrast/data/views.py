@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softcontrast.data.crops import CropSpec, center_crop_resize, crop_resize, decode_for_boxes, sample_box
-from softcontrast.data.images import ImageSource
+from softcontrast.data.crops import CropSpec, center_crop_resize, random_crops, sample_box
+from softcontrast.data.images import ImageSource, open_source_image
 from softcontrast.data.splits import DataSourceError
 
 #: The evaluation view keeps this fraction of the resized shorter side (ImageNet: resize 256, centre 224).
@@ -46,17 +46,16 @@ class RandomCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[Tensor], int]:
         index, epoch = key
-        with self.source.open(index) as image:
+        encoded, image = open_source_image(self.source, index)
+        with image:
             width, height = image.size
             boxes = self.boxes(index, epoch, height, width)
-            sizes = [spec.size for spec in self.specs]
             try:
-                decoded, sx, sy = decode_for_boxes(image, boxes, sizes, self.draft)
+                crops = random_crops(image, boxes, [spec.size for spec in self.specs], encoded, self.draft)
             except Exception as error:
-                raise DataSourceError(
-                    f"cannot decode {self.source.describe(index)}: {error}. Remove or replace the file."
-                ) from error
-            return [crop_resize(decoded, box, size, sx, sy) for box, size in zip(boxes, sizes)], index
+                raise DataSourceError(f"cannot decode {self.source.describe(index)}: {error}. "
+                                      f"{self.source.remedy}") from error
+        return crops, index
 
 
 class CenterCrops(torch.utils.data.Dataset):
@@ -79,10 +78,10 @@ class CenterCrops(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        with self.source.open(index) as image:
+        encoded, image = open_source_image(self.source, index)
+        with image:
             try:
-                return center_crop_resize(image, self.size, self.crop_fraction, self.draft), index
+                return center_crop_resize(image, self.size, self.crop_fraction, self.draft, encoded), index
             except Exception as error:
-                raise DataSourceError(
-                    f"cannot decode {self.source.describe(index)}: {error}. Remove or replace the file."
-                ) from error
+                raise DataSourceError(f"cannot decode {self.source.describe(index)}: {error}. "
+                                      f"{self.source.remedy}") from error
