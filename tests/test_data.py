@@ -197,3 +197,19 @@ def test_hf_evaluation_split_is_the_first_labelled_one(tmp_path, capsys):
 
     datasets.DatasetDict({"train": split([0, 1, 1, 0]), "test": unlabelled}).save_to_disk(str(tmp_path / "none"))
     assert load_source(f"hf:{tmp_path / 'none'}").test is None
+
+
+def test_the_image_side_is_read_without_loading_the_data(tmp_path):
+    from softcontrast.data.prepared import prepare
+    from softcontrast.data.probe import image_side
+
+    write_folder(tmp_path / "photos" / "train", size=(130, 120))
+    assert image_side(f"imagefolder:{tmp_path / 'photos'}") == 120
+    assert image_side(f"imagefolder:{tmp_path / 'photos'}", image_size=24) == 24
+    assert image_side("digits") == 32
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((3, 28, 30, 3), np.uint8), y_train=np.zeros(3))
+    assert image_side(f"npz:{tmp_path / 'x.npz'}") == 28
+    prepare(f"imagefolder:{tmp_path / 'photos'}", tmp_path / "prepared", 104)
+    assert image_side(f"prepared:{tmp_path / 'prepared'}") == 96  # longer side 130 → 104, shorter 120 → 96
+    with pytest.raises(DataSourceError, match="not found"):
+        image_side(f"imagefolder:{tmp_path / 'nope'}")

@@ -143,16 +143,29 @@ def load_hf(name: str, image_size: int | None, num_workers: int = 0) -> DatasetS
     Raises:
         DataSourceError: the dataset cannot be loaded, has no ``train`` split or no image column.
     """
+    sources = hf_sources(name)
+    train = resident_or_streamed(sources["train"], image_size, num_workers, f"hf:{name}")
+    if "test" not in sources:
+        return DatasetSplits(train, None)
+    test_size = image_size or (train.image_size if isinstance(train, ImageTensorDataset) else None)
+    return DatasetSplits(train, resident_or_streamed(sources["test"], test_size, num_workers, f"hf:{name}"))
+
+
+def hf_sources(name: str) -> dict[str, HFImages]:
+    """The ``train`` split of ``hf:<name>`` and its evaluation split (as ``test``, when there is one),
+    opened lazily (the main process opens the dataset; the others receive its file paths).
+
+    Raises:
+        DataSourceError: the dataset cannot be loaded, has no ``train`` split or no image column.
+    """
     loaded = on_main_process(lambda: _open_dataset(name))
     if "train" not in loaded:
         raise DataSourceError(f"Hugging Face dataset {name!r} has no 'train' split (splits: {list(loaded)})")
+    sources = {"train": HFImages(loaded["train"], name, "train")}
     test_name = evaluation_split(loaded, name)
-    train = resident_or_streamed(HFImages(loaded["train"], name, "train"), image_size, num_workers, f"hf:{name}")
-    if test_name is None:
-        return DatasetSplits(train, None)
-    test_size = image_size or (train.image_size if isinstance(train, ImageTensorDataset) else None)
-    test = resident_or_streamed(HFImages(loaded[test_name], name, test_name), test_size, num_workers, f"hf:{name}")
-    return DatasetSplits(train, test)
+    if test_name is not None:
+        sources["test"] = HFImages(loaded[test_name], name, test_name)
+    return sources
 
 
 def evaluation_split(loaded, name: str) -> str | None:

@@ -215,6 +215,13 @@ def read_metadata(path: Path) -> dict:
     return metadata
 
 
+def prepared_side(path: Path) -> int:
+    """The shorter side of the first training image of a prepared folder (from its index, nothing decoded)."""
+    read_metadata(path)
+    shapes = np.load(Path(path) / "train" / "shapes.npy", mmap_mode="r")
+    return int(min(shapes[0]))
+
+
 def _check_split(folder: Path, count: int, nbytes: int, redo: str) -> None:
     data = folder / "images.bin"
     actual = data.stat().st_size if data.is_file() else None
@@ -289,60 +296,6 @@ class _TensorImages(ImageSource):
         return f"{self.name} row {index}"
 
 
-class _HFImages(ImageSource):
-    """A Hugging Face split with its image column left encoded, each image opened lazily from its bytes."""
-
-    def __init__(self, split, image_column: str, label_column: str | None, name: str):
-        import datasets
-
-        self.split = split.cast_column(image_column, datasets.Image(decode=False))
-        self.image_column, self.name = image_column, name
-        if label_column is None:
-            self.labels, self.classes = torch.full((len(split),), -1, dtype=torch.int64), []
-        else:
-            self.labels = torch.as_tensor(np.asarray(split[label_column]), dtype=torch.int64)
-            self.classes = list(split.features[label_column].names)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def open(self, index: int) -> Image.Image:
-        value = self.split[int(index)][self.image_column]
-        data = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        return open_image(data, self.describe(index))
-
-    def describe(self, index: int) -> str:
-        return f"hf:{self.name} row {index}"
-
-
-def _hf_sources(name: str) -> dict[str, ImageSource]:
-    import datasets
-
-    from softcontrast.data.hf import evaluation_split
-
-    try:
-        loaded = datasets.load_from_disk(name) if os.path.isdir(name) else datasets.load_dataset(name)
-    except Exception as error:
-        raise DataSourceError(f"cannot load Hugging Face dataset {name!r}: {error}") from error
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
-    if "train" not in loaded:
-        raise DataSourceError(f"Hugging Face dataset {name!r} has no 'train' split (splits: {list(loaded)})")
-    chosen = {"train": "train", "test": evaluation_split(loaded, name)}
-    sources = {}
-    for split_name, key in chosen.items():
-        if key is None:
-            continue
-        split = loaded[key]
-        features = split.features.items()
-        image_column = next((c for c, f in features if isinstance(f, datasets.Image)), None)
-        if image_column is None:
-            raise DataSourceError(f"Hugging Face dataset {name!r} has no image column (features: {list(split.features)})")
-        label_column = next((c for c, f in features if isinstance(f, datasets.ClassLabel)), None)
-        sources[split_name] = _HFImages(split, image_column, label_column, name)
-    return sources
-
-
 def source_splits(source: str) -> dict[str, ImageSource]:
     """The splits of a source string as image sources at their own size (``train``, and ``test`` if any).
 
@@ -358,7 +311,9 @@ def source_splits(source: str) -> dict[str, ImageSource]:
             roots = {"train": root / "train", **({"test": test} if test else {})}
         return {name: FolderImages(folder, *list_image_folder(folder)) for name, folder in roots.items()}
     if kind == "hf" and argument:
-        return _hf_sources(argument)
+        from softcontrast.data.hf import hf_sources
+
+        return hf_sources(argument)
     splits = load_source(source)
     named = {"train": splits.train, "test": splits.test}
     return {name: split if isinstance(split, ImageSource) else _TensorImages(split, source)

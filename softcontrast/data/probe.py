@@ -35,10 +35,9 @@ def image_side(source: str, image_size: int | None = None) -> int:
     if kind == "hf" and argument:
         return _hf_side(argument)
     if kind == "prepared" and argument:
-        from softcontrast.data.prepared import load_prepared
+        from softcontrast.data.prepared import prepared_side
 
-        train = load_prepared(Path(argument), None, 0).train
-        return train.image_size if hasattr(train, "image_size") else min(train.first_size())
+        return prepared_side(Path(argument))
     from softcontrast.data.sources import load_source
 
     load_source(source)  # raises the error that names the choices
@@ -64,7 +63,9 @@ def _npz_side(path: Path) -> int:
     try:
         with zipfile.ZipFile(path) as archive, archive.open("x_train.npy") as member:
             version = np.lib.format.read_magic(member)
-            shape = np.lib.format._read_array_header(member, version)[0]
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape = read_header(member)[0]
     except Exception as error:
         raise DataSourceError(f"cannot read x_train of {path}: {error}") from error
     spatial = [s for s in shape[1:] if s not in (1, 3)] or list(shape[1:3])
@@ -72,21 +73,6 @@ def _npz_side(path: Path) -> int:
 
 
 def _hf_side(name: str) -> int:
-    import datasets
+    from softcontrast.data.hf import hf_sources
 
-    try:
-        loaded = datasets.load_from_disk(name) if os.path.isdir(name) else datasets.load_dataset(name)
-    except Exception as error:
-        raise DataSourceError(f"cannot load Hugging Face dataset {name!r}: {error}") from error
-    split = loaded["train"] if isinstance(loaded, datasets.DatasetDict) and "train" in loaded else loaded
-    if isinstance(split, datasets.DatasetDict):
-        raise DataSourceError(f"Hugging Face dataset {name!r} has no 'train' split (splits: {list(split)})")
-    column = next((c for c, f in split.features.items() if isinstance(f, datasets.Image)), None)
-    if column is None:
-        raise DataSourceError(f"Hugging Face dataset {name!r} has no image column (features: {list(split.features)})")
-    row = split.cast_column(column, datasets.Image(decode=False))[0][column]
-    import io
-
-    file = io.BytesIO(row["bytes"]) if row.get("bytes") else row["path"]
-    with open_image(file, f"hf:{name} train row 0") as image:
-        return min(image.size)
+    return min(hf_sources(name)["train"].first_size())
