@@ -204,6 +204,6 @@ def test_a_run_on_large_photos_says_which_defaults_it_chose(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     first = run.stdout.splitlines()[0]
     assert "ImageNet defaults (150 px" in first and "cifar_stem=False, augment=imagenet" in first
-    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
     assert (saved["view_size"], saved["cifar_stem"], saved["augment"], saved["projector_hidden"]) == (
         32, False, "imagenet", 16)

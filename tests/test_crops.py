@@ -1,7 +1,9 @@
 """Crops cut in loader workers: torchvision's RandomResizedCrop box rule, its pixels, and JPEG draft decoding."""
 
 import io
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +138,25 @@ def test_streamed_training_batches_carry_every_crop_of_the_plan(tmp_path):
         assert ids == ids_again and [c.shape for c in crops] == [(3, 3, 32, 32), (3, 3, 32, 32), (3, 3, 16, 16)]
         assert all(torch.equal(x, y) for x, y in zip(crops, crops_again))
     assert batches.loader._iterator is not None  # workers kept between epochs
+
+
+@pytest.mark.distributed
+def test_two_processes_stream_a_folder_with_the_crops_one_process_would_cut(tmp_path, run_two_processes):
+    script = Path(__file__).resolve().parent / "distributed" / "streamed_two_process.py"
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(5):
+            photo(200 + 10 * i, 150, which=i % 2).save(tmp_path / "photos" / name / f"{i}.jpg", quality=90)
+    run_two_processes(script, tmp_path / "photos", tmp_path)
+    received = [torch.load(tmp_path / f"crops_rank{rank}.pt") for rank in range(2)]
+    assert len(received[0]) == len(received[1]) == 2  # 10 images, global batch 4: two steps, the rest dropped
+    source = FolderImages(tmp_path / "photos", *list_image_folder(tmp_path / "photos"))
+    single = RandomCrops(source, [CropSpec(24, (0.2, 1.0)), CropSpec(16, (0.05, 0.3))], seed=3)
+    for (ids_0, _), (ids_1, _) in zip(*received):
+        assert len(set(ids_0) | set(ids_1)) == 4
+    for ids, crops in received[0] + received[1]:
+        for row, index in enumerate(ids):
+            assert all(torch.equal(crop[row], alone) for crop, alone in zip(crops, single[(index, 0)][0]))
+    saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
+    assert saved["dataset"] == f"imagefolder:{tmp_path / 'photos'}" and saved["augment"] == "imagenet"
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
