@@ -66,6 +66,10 @@ def make_accelerator(
 class TrainConfig:
     """Settings of a training run: the optimizer, the schedule, checkpoints and the kNN monitor.
 
+    The kNN monitor runs before training, every ``knn_every`` epochs and after training, on
+    every process (each embeds its shard with ``num_workers`` loader workers), against a fixed
+    seeded subset of ``knn_test_subset`` test images.
+
     Each field's doc is its command-line flag's help (:func:`~softcontrast.settings.setting`).
     The seed sets the weights and data order (the same on every process) and the method's
     random streams: augmentations per process (from the seed and the process index),
@@ -91,6 +95,9 @@ class TrainConfig:
     stop_after_epochs: int | None = setting(None, "stop this invocation after this many epochs (resume later)")
     knn_every: int = setting(0, "epochs between kNN evaluations (0: before and after training only)")
     knn_k: int = setting(200, "neighbours of the kNN monitor")
+    knn_test_subset: int | None = setting(
+        10_000, "test images of the kNN monitor: a fixed random subset of the test split, drawn with the seed "
+                "(none: all)")
     knn_temperature: float = setting(0.1, "temperature of the kNN monitor", cli=False)
     log_every: int = setting(10, "steps between logged metrics")
     resume: str | None = setting(
@@ -119,6 +126,9 @@ class TrainConfig:
         if self.checkpoint_every_steps < 0:
             raise SettingError("checkpoint_every_steps",
                                f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
+        if self.knn_test_subset is not None and self.knn_test_subset < 1:
+            raise SettingError("knn_test_subset", "knn_test_subset must be >= 1 (or none for the whole test split), "
+                                                  f"got {self.knn_test_subset}")
         if self.keep_checkpoints < 0:
             raise SettingError("keep_checkpoints",
                                f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
@@ -214,7 +224,15 @@ class Trainer:
             return torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.config.sgd_momentum, weight_decay=self.config.weight_decay)
 
+    def monitor_test_split(self, test: "ImageTensorDataset | ImageSource") -> "ImageTensorDataset | ImageSource":
+        """The kNN monitor's test images: ``knn_test_subset`` of them drawn with the seed (the same
+        at every evaluation of the run), or the whole split when it is not larger."""
+        size = self.config.knn_test_subset
+        return test if size is None or size >= len(test) else test.subset(size, seed=self.config.seed)
+
     def _evaluate(self, train, test, recipe: ViewRecipe) -> float:
+        """The kNN monitor, run by every process together: each embeds its shard of both splits with
+        ``num_workers`` loader workers, the features are gathered, and every process gets the accuracy."""
         return knn_accuracy(
             self.method.online.backbone,
             train,
@@ -223,6 +241,8 @@ class Trainer:
             k=self.config.knn_k,
             temperature=self.config.knn_temperature,
             device=self.accelerator.device,
+            num_workers=self.config.num_workers,
+            shard=True,
         )
 
     def _check_finite(self, guard: FiniteGuard, weights: bool = False) -> None:
@@ -317,6 +337,8 @@ class Trainer:
 
         result = TrainResult()
         eval_recipe = self.method.query_view
+        if test is not None:
+            test = self.monitor_test_split(test)
         if test is not None and self.progress.global_step == 0:
             result.knn[0] = self._evaluate(train, test, eval_recipe)
             self._log({"epoch": 0, "step": 0, "knn_accuracy": result.knn[0]})

@@ -98,6 +98,19 @@ def check_every_field_and_picture(fnc_run: Path, method: str) -> None:
     for picture in report["plots"]:
         assert (fnc_run / "eval" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "raw pixels" in completed.stdout and "random init" in completed.stdout
+    assert report["linear_probe_solver"] == dict.fromkeys(("trained", "raw_pixels", "random_init"), "sklearn")
+    assert "baseline_subset" not in report and "random subset" not in completed.stdout
+
+
+def test_baselines_above_their_limits_are_measured_on_a_seeded_subset(registry_fnc_run, tmp_path):
+    whole = command.evaluate(registry_fnc_run, output_dir=tmp_path / "whole", plots=False, progress=False)
+    cut = command.evaluate(registry_fnc_run, output_dir=tmp_path / "cut", plots=False, progress=False,
+                           baseline_limits=(64, 100))
+    assert cut["baseline_subset"] == {"train": 64, "test": 100}
+    assert cut["knn"]["trained"] == whole["knn"]["trained"]  # the network is measured on the whole splits
+    assert cut["knn"]["raw_pixels"] != whole["knn"]["raw_pixels"]
+    assert json.loads((tmp_path / "cut" / "eval.json").read_text())["baseline_subset"] == cut["baseline_subset"]
+    assert "baselines on a random subset: 64 training and 100 test images" in command.format_report(cut)
 
 
 def test_evaluate_a_bare_backbone_with_its_flags(registry_fnc_run, tmp_path):

@@ -4,9 +4,9 @@
 it on a finished run. One concept per module:
 
 * :mod:`~softcontrast.evaluation.features` – backbone and raw-pixel features of a split.
-* :mod:`~softcontrast.evaluation.knn` – weighted kNN and its sweep.
-* :mod:`~softcontrast.evaluation.probe` – linear probe (scikit-learn logistic regression).
-* :mod:`~softcontrast.evaluation.baselines` – raw pixels and the random-init network.
+* :mod:`~softcontrast.evaluation.knn` – weighted kNN (memory-bounded chunks) and its sweep.
+* :mod:`~softcontrast.evaluation.probe` – linear probe (scikit-learn logistic regression; torch above a size limit).
+* :mod:`~softcontrast.evaluation.baselines` – raw pixels and the random-init network (bounded subsets).
 * :mod:`~softcontrast.evaluation.diagnostics` – same-class label diagnostics.
 * :mod:`~softcontrast.evaluation.plots` – curves, t-SNE and galleries (PNG).
 """

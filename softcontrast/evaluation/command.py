@@ -24,7 +24,12 @@ from softcontrast.components.augment import ViewRecipe, for_image_size, moco_v2_
 from softcontrast.components.backbones import Backbone, resnet
 from softcontrast.data import ImageTensorDataset, load_source
 from softcontrast.errors import USER_ERRORS
-from softcontrast.evaluation.baselines import random_init_backbone
+from softcontrast.evaluation.baselines import (
+    BASELINE_MAX_TEST,
+    BASELINE_MAX_TRAIN,
+    baseline_splits,
+    random_init_backbone,
+)
 from softcontrast.evaluation.diagnostics import (
     DIAGNOSTICS,
     last_quarter_means,
@@ -33,7 +38,7 @@ from softcontrast.evaluation.diagnostics import (
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
 from softcontrast.evaluation.knn import SWEEP_K, SWEEP_TEMPERATURES, knn_sweep
 from softcontrast.evaluation.plots import plot_curves, plot_gallery, plot_tsne
-from softcontrast.evaluation.probe import linear_probe_accuracy
+from softcontrast.evaluation.probe import linear_probe_accuracy, probe_solver
 from softcontrast.methods import ContrastiveMethod
 from softcontrast.run_settings import make_method, saved_settings
 
@@ -215,6 +220,9 @@ def evaluate(
     output_dir: str | Path | None = None,
     plots: bool = True,
     progress: bool = True,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    baseline_limits: tuple[int | None, int | None] = (BASELINE_MAX_TRAIN, BASELINE_MAX_TEST),
 ) -> dict[str, Any]:
     """Evaluates a run (``run_dir``) or an exported backbone (``backbone_path`` + ``flags``).
 
@@ -226,10 +234,24 @@ def evaluate(
         output_dir: where ``eval.json`` and the PNGs go (default ``<run>/eval``).
         plots: draw the PNGs.
         progress: progress bars on stderr.
+        device: where features are computed, compared and probed (default: the GPU when
+            there is one, else the CPU).
+        num_workers: loader workers of a streamed dataset.
+        baseline_limits: training and test images of the baselines at most (``None``: all).
+
+    The trained network is measured on the whole splits; the raw-pixel and random-init
+    baselines on a seeded random subset above
+    :data:`~softcontrast.evaluation.baselines.BASELINE_MAX_TRAIN` training or
+    :data:`~softcontrast.evaluation.baselines.BASELINE_MAX_TEST` test images (then
+    ``eval.json`` has ``baseline_subset: {"train": n, "test": m}``). The linear probe is
+    scikit-learn's up to :data:`~softcontrast.evaluation.probe.TORCH_PROBE_ABOVE` training
+    rows, the torch one on ``device`` above (``linear_probe_solver`` in ``eval.json``).
 
     Returns:
         The content of ``eval.json``.
     """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if run_dir is not None:
         run_dir = Path(run_dir)
         settings = read_run(run_dir)
@@ -243,7 +265,7 @@ def evaluate(
     seed = int(settings.get("seed", 0))
     backbone = load_backbone(backbone_path, arch, cifar_stem, width)
 
-    splits = load_source(settings.get("dataset", "digits"), settings.get("image_size"))
+    splits = load_source(settings.get("dataset", "digits"), settings.get("image_size"), num_workers)
     if splits.test is None:
         raise RunSettingsError(f"dataset {settings.get('dataset')!r} has no test split to evaluate on")
     train, test = splits.train, splits.test
@@ -256,15 +278,21 @@ def evaluate(
     def bar(name: str) -> str | None:
         return name if progress else None
 
-    trained = [extract_features(backbone, split, recipe, progress=bar(f"features {name}"))
-               for name, split in (("train", train), ("test", test))]
-    untrained = random_init_backbone(arch, cifar_stem, width, seed)
-    random = [extract_features(untrained, split, recipe, progress=bar(f"random-init {name}"))
-              for name, split in (("train", train), ("test", test))]
-    raw = raw_pixel_features(train, test)
-    results = {}
-    for name, (train_features, test_features) in (("trained", trained), ("raw_pixels", raw), ("random_init", random)):
-        results[name] = evaluate_features(train_features, train.labels, test_features, test.labels, seed)
+    def features(network: torch.nn.Module, pair: tuple, name: str) -> list[Tensor]:
+        return [extract_features(network, split, recipe, device=device, num_workers=num_workers,
+                                 progress=bar(f"{name} {part}")) for part, split in zip(("train", "test"), pair)]
+
+    backbone.to(device)
+    trained = features(backbone, (train, test), "features")
+    results = {"trained": evaluate_features(trained[0], train.labels, trained[1], test.labels, seed)}
+    base_train, base_test, subset = baseline_splits(train, test, seed, *baseline_limits)
+    for name, (train_features, test_features) in (
+        ("raw_pixels", raw_pixel_features(base_train, base_test, num_workers)),
+        ("random_init", features(random_init_backbone(arch, cifar_stem, width, seed).to(device),
+                                 (base_train, base_test), "random-init")),
+    ):
+        results[name] = evaluate_features(train_features.to(device), base_train.labels, test_features.to(device),
+                                          base_test.labels, seed)
 
     records = read_metrics(run_dir / "metrics.jsonl")
     method = settings.get("method")
@@ -281,10 +309,14 @@ def evaluate(
         "headline": HEADLINE,
         "knn": {name: result["knn"] for name, result in results.items()},
         "linear_probe": {name: result["linear_probe"] for name, result in results.items()},
+        "linear_probe_solver": {name: probe_solver(rows) for name, rows in (
+            ("trained", len(train)), ("raw_pixels", len(base_train)), ("random_init", len(base_train)))},
         "margin_over_raw_pixels": results["trained"]["knn"][HEADLINE] - results["raw_pixels"]["knn"][HEADLINE],
         "diagnostics": last_quarter_means(records, names),
         "plots": [],
     }
+    if subset is not None:
+        report["baseline_subset"] = subset
     if plots:
         output.mkdir(parents=True, exist_ok=True)
         if records:
@@ -315,6 +347,9 @@ def format_report(report: dict[str, Any]) -> str:
                      + f"{100 * report['linear_probe'][name]:9.2f}")
     margin = 100 * report["margin_over_raw_pixels"]
     lines.append(f"kNN {HEADLINE}: trained minus raw pixels = {margin:+.2f} points")
+    if "baseline_subset" in report:
+        subset = report["baseline_subset"]
+        lines.append(f"baselines on a random subset: {subset['train']} training and {subset['test']} test images")
     return "\n".join(lines)
 
 
@@ -342,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="with --backbone: the run's --seed (random-init baseline)")
     ev.add_argument("--output-dir", default=None, help="default: RUN_DIR/eval (or eval/ beside --backbone)")
     ev.add_argument("--no-plots", action="store_true", help="write eval.json only")
+    ev.add_argument("--device", default=None, help="where features are computed and probed (default: cuda if any)")
+    ev.add_argument("--num-workers", type=int, default=4, help="loader workers of a streamed dataset")
     return parser
 
 
@@ -358,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                  "backbone": args.arch, "width": args.width, "no_cifar_stem": args.no_cifar_stem,
                  "view_size": args.view_size, "seed": args.seed}
         report = evaluate(args.run_dir, args.backbone_path, flags, args.output_dir, plots=not args.no_plots,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), device=args.device, num_workers=args.num_workers)
     except USER_ERRORS as error:
         if os.environ.get("SOFTCONTRAST_TRACEBACK") == "1":
             raise

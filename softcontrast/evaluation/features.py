@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softcontrast.components.augment import ViewRecipe, center_view, to_float
+from softcontrast.components.distributed import gather_no_grad, gather_objects, rank, world_size
 from softcontrast.data import EVAL_CROP_FRACTION, CenterCrops, ImageSource, ImageTensorDataset
+from softcontrast.data.images import SourceSubset
 
 #: Raw pixels of images larger than this side are taken at this side (memory).
 MAX_RAW_PIXEL_SIDE = 64
@@ -45,6 +49,44 @@ def image_batches(
     bar.close()
 
 
+def shard_bounds(count: int, processes: int, index: int) -> tuple[int, int]:
+    """``[start, stop)`` of process ``index``'s contiguous shard of ``count`` rows.
+
+    Every shard but the last holds ``ceil(count / processes)`` rows; the last ones may be
+    shorter or empty. The shards, in process order, cover ``range(count)`` once.
+    """
+    per_process = -(-count // processes)
+    start = min(index * per_process, count)
+    return start, min(start + per_process, count)
+
+
+def split_shard(split: ImageTensorDataset | ImageSource, start: int, stop: int) -> ImageTensorDataset | ImageSource:
+    """Images ``start:stop`` of a split, in order (a view of an in-memory split; a renumbered streamed one)."""
+    if isinstance(split, ImageTensorDataset):
+        return ImageTensorDataset(split.images[start:stop], split.labels[start:stop], split.classes)
+    return SourceSubset(split, np.arange(start, stop))
+
+
+def gather_shards(part: Tensor, count: int) -> Tensor:
+    """The shards of every process (:func:`shard_bounds`) concatenated in process order: ``count`` rows.
+
+    Each process passes its own ``rows×F`` shard (``rows`` may be 0); every process gets
+    the whole matrix. One tensor ``all_gather`` of shards padded to the longest.
+    """
+    shapes = gather_objects(tuple(part.shape))
+    width = next((shape[1:] for shape in shapes if shape[0] > 0), part.shape[1:])
+    longest = max(shape[0] for shape in shapes)
+    padded = part.new_zeros((longest, *width))
+    if part.shape[0]:
+        padded[: part.shape[0]] = part
+    gathered = gather_no_grad(padded)
+    rows = [gathered[i * longest : i * longest + shape[0]] for i, shape in enumerate(shapes)]
+    whole = torch.cat(rows)
+    if whole.shape[0] != count:
+        raise RuntimeError(f"the processes' shards hold {whole.shape[0]} rows, expected {count}")
+    return whole
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -54,8 +96,14 @@ def extract_features(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     progress: str | None = None,
+    shard: bool = False,
 ) -> Tensor:
     """L2-normalised backbone features of every image of a split (eval mode, no augmentation).
+
+    With ``shard`` under several processes (``torch.distributed`` initialised), each
+    process embeds its own contiguous shard of the split (:func:`shard_bounds`) and the
+    shards are gathered, so every process returns the same ``N×F`` matrix, in the
+    split's order, that one process would. Every process must then call it together.
 
     Args:
         backbone: the network to evaluate (its train/eval mode is restored).
@@ -63,20 +111,30 @@ def extract_features(
         recipe: gives the evaluation size and normalisation (:func:`center_view`).
         batch_size: images per forward pass.
         device: where to compute.
-        num_workers: loader workers for a lazy split.
+        num_workers: loader workers for a streamed split.
         progress: show a progress bar with this description.
+        shard: split the work between the processes (a no-op on one process).
 
     Returns:
         ``N×F`` features on ``device``.
     """
+    count = len(split)
+    if shard and world_size() > 1:
+        start, stop = shard_bounds(count, world_size(), rank())
+        part = split_shard(split, start, stop) if stop > start else None
+    else:
+        part = split
     was_training = backbone.training
     backbone.eval()
     features = [
         F.normalize(backbone(center_view(images.to(device), recipe)).float(), dim=-1)
-        for images in image_batches(split, batch_size, num_workers, progress, recipe.size)
+        for images in (image_batches(part, batch_size, num_workers, progress, recipe.size) if part is not None else ())
     ]
     backbone.train(was_training)
-    return torch.cat(features)
+    local = torch.cat(features) if features else torch.empty(0, 0, device=device)
+    if part is split:
+        return local
+    return gather_shards(local, count)
 
 
 def _pixels(split: ImageTensorDataset | ImageSource, side: int | None, num_workers: int) -> Tensor:
