@@ -141,7 +141,7 @@ def run(settings: Settings) -> TrainResult:
             "dataset": data.dataset,
             "epochs_done": result.epochs_done,
             "knn_accuracy": {str(k): round(v, 4) for k, v in result.knn.items()},
-            "baselines": {name: round(v, 4) for name, v in baselines.items()},
+            "baselines": {name: round(v, 4) if isinstance(v, float) else v for name, v in baselines.items()},
             "final_loss": round(result.losses[-1], 4) if result.losses else None,
             "train_seconds": round(result.wall_seconds, 1),
             "images_per_second": round(result.images_per_second, 1),
@@ -150,7 +150,9 @@ def run(settings: Settings) -> TrainResult:
             label = "random init" if epoch == 0 else f"epoch {epoch}"
             print(f"kNN accuracy ({label}): {100 * accuracy:.2f}%")
         if "raw_pixels" in baselines:
-            print(f"kNN accuracy (raw pixels, baseline): {100 * baselines['raw_pixels']:.2f}%")
+            subset = baselines.get("subset")
+            on = f", on {subset['train']} train / {subset['test']} test images" if subset else ""
+            print(f"kNN accuracy (raw pixels, baseline{on}): {100 * baselines['raw_pixels']:.2f}%")
         print(json.dumps(summary))
     return result
 
@@ -160,16 +162,22 @@ def run_baselines(settings: Settings, train, test, result: TrainResult, recipe: 
     """kNN accuracy of the raw pixels and of the random-init network, under the monitor's protocol.
 
     The random-init accuracy is the run's epoch-0 kNN when this invocation measured it
-    (a fresh start), else the seeded untrained backbone is built and measured. Empty
-    without a test split.
+    (a fresh start), else the seeded untrained backbone is built and measured. Above the
+    baselines' size limits they are measured on a seeded random subset, named under
+    ``subset`` (:func:`~softcontrast.evaluation.baselines.baseline_knn`). Empty without a
+    test split.
     """
     if test is None:
         return {}
     model, config = settings.model, settings.train
     untrained = None if 0 in result.knn else random_init_backbone(model.backbone, model.cifar_stem, model.width,
                                                                    config.seed)
-    baselines = baseline_knn(train, test, untrained, recipe, config.knn_k, config.knn_temperature, device)
-    return {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}
+    baselines = baseline_knn(train, test, untrained, recipe, config.knn_k, config.knn_temperature, device,
+                             seed=config.seed, num_workers=config.num_workers)
+    chosen = {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}
+    if "raw_pixels_subset" in baselines:
+        chosen["subset"] = baselines["raw_pixels_subset"]
+    return chosen
 
 
 def train_command(argv: Sequence[str]) -> None:

@@ -187,19 +187,20 @@ def test_the_defaults_follow_the_image_size():
     assert (given.model.cifar_stem, given.model.projector_hidden) == (False, 512)
 
 
-def test_a_run_on_large_photos_says_which_defaults_it_chose(tmp_path):
+def test_a_run_on_large_photos_says_which_defaults_it_chose_and_is_evaluated(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images
-    for label in ("a", "b"):
-        (tmp_path / "photos" / label).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(photos[i % 2][50 * i:50 * i + 150, 40 * i:40 * i + 200]).save(
-                tmp_path / "photos" / label / f"{i}.jpg", quality=90)
+    for split, count in (("train", 4), ("test", 2)):
+        for label in ("a", "b"):
+            (tmp_path / "photos" / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(photos[(i + len(label)) % 2][50 * i:50 * i + 150, 40 * i:40 * i + 200]).save(
+                    tmp_path / "photos" / split / label / f"{i}.jpg", quality=90)
     run = softcontrast("train", "moco", "--dataset", f"imagefolder:{tmp_path / 'photos'}", "--view-size", "32",
                        "--cpu", "--epochs", "1", "--batch-size", "4", "--queue-size", "8", "--width", "4",
-                       "--projector-hidden", "16", "--projector-out", "8", "--num-workers", "1",
+                       "--projector-hidden", "16", "--projector-out", "8", "--num-workers", "1", "--knn-k", "3",
                        "--output-dir", tmp_path / "run")
     assert run.returncode == 0, run.stderr[-3000:]
     first = run.stdout.splitlines()[0]
@@ -207,3 +208,8 @@ def test_a_run_on_large_photos_says_which_defaults_it_chose(tmp_path):
     saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
     assert (saved["view_size"], saved["cifar_stem"], saved["augment"], saved["projector_hidden"]) == (
         32, False, "imagenet", 16)
+    evaluated = softcontrast("evaluate", tmp_path / "run", "--output-dir", tmp_path / "eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (report["train_images"], report["test_images"], report["view_size"]) == (8, 4, 32)
+    assert {"tsne.png", "neighbors.png"} <= set(report["plots"])

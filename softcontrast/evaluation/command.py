@@ -14,15 +14,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from softcontrast.checkpoints import CHECKPOINT_DIR, RUN_CONFIG, list_checkpoints
-from softcontrast.components.augment import ViewRecipe, for_image_size, moco_v2_cifar
+from softcontrast.components.augment import ViewRecipe, moco_v2_cifar
 from softcontrast.components.backbones import Backbone, resnet
-from softcontrast.data import ImageTensorDataset, load_source
+from softcontrast.data import CenterCrops, ImageSource, ImageTensorDataset, load_source, random_indices
 from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation.baselines import (
     BASELINE_MAX_TEST,
@@ -105,7 +105,22 @@ def evaluate_features(train_features: Tensor, train_labels: Tensor, test_feature
     }
 
 
-def neighbour_rows(train: ImageTensorDataset, test: ImageTensorDataset, train_features: Tensor,
+#: The t-SNE picture shows at most this many test images (a seeded random subset above it).
+TSNE_MAX_POINTS = 5000
+#: Side of the images a streamed split shows in pictures and feeds the false-negative step.
+PICTURE_SIDE = 96
+
+
+def images_at(split: "ImageTensorDataset | ImageSource", indices: Sequence[int], side: int = PICTURE_SIDE) -> Tensor:
+    """``uint8`` images ``indices`` of a split: rows of an in-memory one, centre views at ``side`` of a streamed one."""
+    if isinstance(split, ImageTensorDataset):
+        return split.images[torch.as_tensor(list(indices), dtype=torch.long)]
+    views = CenterCrops(split, side)
+    return torch.stack([views[int(i)][0] for i in indices])
+
+
+def neighbour_rows(train: "ImageTensorDataset | ImageSource", test: "ImageTensorDataset | ImageSource",
+                   train_features: Tensor,
                    test_features: Tensor, queries: int = 8, shown: int = 8) -> list:
     """Gallery rows (see :func:`plot_gallery`): the first test image of each class (up to
     ``queries``) and its ``shown`` nearest training images by cosine of the features."""
@@ -117,7 +132,8 @@ def neighbour_rows(train: ImageTensorDataset, test: ImageTensorDataset, train_fe
     similarity = test_features[chosen] @ train_features.T
     nearest = similarity.topk(min(shown, len(train)), dim=1).indices.cpu()
     return [
-        (test.images[q], int(test.labels[q]), [(train.images[i], int(train.labels[i])) for i in row.tolist()])
+        (images_at(test, [q])[0], int(test.labels[q]),
+         list(zip(images_at(train, row.tolist()), (int(train.labels[i]) for i in row.tolist()))))
         for q, row in zip(chosen, nearest)
     ]
 
@@ -164,7 +180,8 @@ def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, se
     torch.manual_seed(seed)
     ids = torch.randperm(len(train))[:batch]
     method.train()
-    detected = detected_columns(method, train.images[ids], ids)
+    side = max(crop.size for crop in method.crop_plan())
+    detected = detected_columns(method, images_at(train, ids.tolist(), side), ids)
     if detected is None:
         return None
     found, column_ids = detected
@@ -174,8 +191,8 @@ def false_negative_rows(method: ContrastiveMethod, train: ImageTensorDataset, se
         own = int(ids[row])
         images = [j for j in column_ids[row][found[row]].tolist() if j >= 0 and j != own]
         images = list(dict.fromkeys(images))[:shown]
-        result.append((train.images[own], int(train.labels[own]), [(train.images[j], int(train.labels[j]))
-                                                                    for j in images]))
+        result.append((images_at(train, [own])[0], int(train.labels[own]),
+                       list(zip(images_at(train, images), (int(train.labels[j]) for j in images)))))
     return result
 
 
@@ -273,7 +290,7 @@ def evaluate(
         train = train.subset(int(settings["train_subset"]), seed=seed)
     if (train.labels < 0).any() or (test.labels < 0).any():
         raise RunSettingsError("evaluation needs class labels on both splits; this dataset has unlabelled images")
-    recipe: ViewRecipe = for_image_size(moco_v2_cifar(), resolved.data.view_size)
+    recipe: ViewRecipe = resolved.data.view(moco_v2_cifar())
 
     def bar(name: str) -> str | None:
         return name if progress else None
@@ -322,7 +339,11 @@ def evaluate(
         if records:
             plot_curves(records, output / "curves.png", names)
             report["plots"].append("curves.png")
-        plot_tsne(trained[1], test.labels, test.classes, output / "tsne.png", seed=seed)
+        shown = torch.arange(len(test))
+        if len(test) > TSNE_MAX_POINTS:
+            shown = random_indices(len(test), TSNE_MAX_POINTS, seed)
+        plot_tsne(trained[1][shown.to(trained[1].device)], test.labels[shown], test.classes, output / "tsne.png",
+                  seed=seed)
         plot_gallery(neighbour_rows(train, test, trained[0], trained[1]), test.classes, output / "neighbors.png",
                      "test queries and their nearest training images (red: another class)")
         report["plots"] += ["tsne.png", "neighbors.png"]
