@@ -126,10 +126,11 @@ def size_defaults(side: int, unset: set[str], source: str) -> tuple[str, dict[st
     """
     if side <= SMALL_IMAGE_SIDE:
         table = {**SMALL_IMAGE_DEFAULTS, "view_size": side}
-        return f"small-image defaults ({side} px ≤ {SMALL_IMAGE_SIDE})", {k: table[k] for k in unset}
+        chosen = {k: table[k] for k in SIZE_SETTINGS if k in unset}
+        return f"small-image defaults ({side} px ≤ {SMALL_IMAGE_SIDE})", chosen
     if side >= LARGE_IMAGE_SIDE:
         return (f"ImageNet defaults ({side} px ≥ {LARGE_IMAGE_SIDE})",
-                {k: LARGE_IMAGE_DEFAULTS[k] for k in unset})
+                {k: LARGE_IMAGE_DEFAULTS[k] for k in SIZE_SETTINGS if k in unset})
     missing = [name for name in SIZE_SETTINGS_REQUIRED if name in unset]
     if missing:
         flags = {"view_size": "--view-size", "cifar_stem": "--cifar-stem or --no-cifar-stem",

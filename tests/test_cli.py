@@ -204,7 +204,7 @@ def test_a_run_on_large_photos_says_which_defaults_it_chose_and_is_evaluated(tmp
                        "--output-dir", tmp_path / "run")
     assert run.returncode == 0, run.stderr[-3000:]
     first = run.stdout.splitlines()[0]
-    assert "ImageNet defaults (150 px" in first and "cifar_stem=False, augment=imagenet" in first
+    assert "ImageNet defaults (150 px" in first and first.endswith("cifar_stem=False, augment=imagenet")
     saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
     assert (saved["view_size"], saved["cifar_stem"], saved["augment"], saved["projector_hidden"]) == (
         32, False, "imagenet", 16)
