@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from memory_bounds import load_and_crop
 from softcontrast.data import (
     CropSpec, DataSourceError, EpochBatches, ImageSource, ImageTensorDataset, TrainingBatches, load_source,
 )
@@ -215,23 +216,6 @@ def test_the_image_side_is_read_without_loading_the_data(tmp_path):
         image_side(f"imagefolder:{tmp_path / 'nope'}")
 
 
-def _list_and_iterate(root) -> tuple[int, int]:
-    """Peak traced bytes while listing ``root`` and cutting two batches, and the source's pickled size."""
-    import pickle
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        source = load_source(f"imagefolder:{root}").train
-        batches = TrainingBatches(source, batch_size=16, num_workers=0, crops=[CropSpec(16)])
-        for _, (crops, _) in zip(range(2), batches.epoch(0)):
-            assert crops[0].shape == (16, 3, 16, 16)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak, len(pickle.dumps(source))
-
-
 def test_a_folders_memory_does_not_grow_with_its_files_beyond_the_listing(tmp_path):
     import io
 
@@ -242,8 +226,8 @@ def test_a_folders_memory_does_not_grow_with_its_files_beyond_the_listing(tmp_pa
             (tmp_path / str(count) / f"class{label}").mkdir(parents=True)
         for i in range(count):
             (tmp_path / str(count) / f"class{i % 4}" / f"image_{i:06d}.jpg").write_bytes(buffer.getvalue())
-    _list_and_iterate(tmp_path / "200")  # imports and caches warmed
+    load_and_crop(f"imagefolder:{tmp_path / '200'}")  # imports and caches warmed
     (small_peak, small_pickle), (large_peak, large_pickle) = (
-        _list_and_iterate(tmp_path / str(count)) for count in (200, 2000))
+        load_and_crop(f"imagefolder:{tmp_path / str(count)}") for count in (200, 2000))
     assert (large_peak - small_peak) / 1800 < 250  # bytes per file: the listing's names and labels, no objects
     assert (large_pickle - small_pickle) / 1800 < 40  # what a spawned worker receives per file

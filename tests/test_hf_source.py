@@ -1,14 +1,13 @@
 """``hf:`` sources: memory-mapped, opened one row at a time, labels from one column, no per-image objects."""
 
 import io
-import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from memory_bounds import load_and_crop
 from softcontrast.data import (
     CropSpec, DataSourceError, ImageTensorDataset, RandomCrops, TrainingBatches, load_source,
 )
@@ -113,26 +112,12 @@ def test_a_data_folder_loads_through_the_cache_offline(tmp_path, monkeypatch):
     assert all(str(tmp_path / "cache") in f["filename"] for f in splits.train.rows.cache_files)
 
 
-def _load_and_iterate(path) -> tuple[int, int]:
-    """Peak traced bytes while loading ``path`` and cutting two batches, and the source's pickled size."""
-    tracemalloc.start()
-    try:
-        source = load_source(f"hf:{path}").train
-        batches = TrainingBatches(source, batch_size=16, num_workers=0, crops=[CropSpec(16)])
-        for _, (crops, _) in zip(range(2), batches.epoch(0)):
-            assert crops[0].shape == (16, 3, 16, 16)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak, len(pickle.dumps(source))
-
-
 def test_memory_does_not_grow_with_the_rows_beyond_the_labels(tmp_path):
     jpegs = photo_jpegs(20)
     for rows in (200, 2000):
         save(tmp_path / str(rows), train=hf_split([jpegs[i % 20] for i in range(rows)], [i % 3 for i in range(rows)]))
-    _load_and_iterate(tmp_path / "200")  # imports and caches warmed
-    (small_peak, small_pickle), (large_peak, large_pickle) = (_load_and_iterate(tmp_path / n) for n in ("200", "2000"))
+    load_and_crop(f"hf:{tmp_path / '200'}")  # imports and caches warmed
+    (small_peak, small_pickle), (large_peak, large_pickle) = (load_and_crop(f"hf:{tmp_path / n}") for n in ("200", "2000"))
     per_row = (large_peak - small_peak) / 1800
     assert per_row < 64, f"{per_row:.0f} traced bytes per row: something per image is held"
     assert (large_pickle - small_pickle) / 1800 <= 9  # the labels (8 bytes a row); the rows are file paths
