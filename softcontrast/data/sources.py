@@ -12,6 +12,8 @@ Sources:
   ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``, or a local data folder. The
   image and label columns are detected from the features; the Arrow files stay
   memory-mapped and each image is read when needed (:class:`~softcontrast.data.hf.HFImages`).
+* ``prepared:<path>`` – a folder written by ``softcontrast prepare`` (one memory-mapped
+  file of images per split, :mod:`softcontrast.data.prepared`).
 
 Small images (at most :data:`MAX_RESIDENT_SIDE` pixels on a side, or ``image_size``
 set that small) are decoded once into one ``uint8`` tensor
