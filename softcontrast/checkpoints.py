@@ -45,7 +45,7 @@ DELETING_PREFIX = ".deleting-"
 
 #: Run settings that may change between a checkpoint and its resumption.
 RESUMABLE_KEYS = frozenset({
-    "resume", "output_dir", "stop_after_epochs", "log_every", "knn_every", "knn_test_subset", "num_workers",
+    "resume", "output_dir", "stop_after_epochs", "log_every", "knn_every", "knn_test_subset", "num_workers", "decode_on",
     "checkpoint_every", "checkpoint_every_steps", "keep_checkpoints",
 })
 

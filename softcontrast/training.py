@@ -104,6 +104,9 @@ class TrainConfig:
         None, "checkpoint folder; 'latest' (newest complete one, error if none); 'auto' (latest if any, else fresh)")
     resident_data: bool = setting(True, "hold an in-memory dataset on the training device", cli=False)
     num_workers: int = setting(4, "loader workers for streamed image folders")
+    decode_on: str = setting(
+        "workers", "where streamed JPEG images are decoded: workers (the loader workers, on the CPU) | device "
+        "(batched on the training device: nvJPEG on a GPU)", choices=("workers", "device"))
     compile: bool = setting(False, "torch.compile the online and momentum encoders")
     label_diagnostics: bool = setting(
         True, "when the training split has labels, log how each step's target treats same-class columns "
@@ -300,6 +303,7 @@ class Trainer:
             config.resident_data,
             config.num_workers,
             crops=self.method.crop_plan(),
+            decode_on=config.decode_on,
         )
         steps_per_epoch = len(batches)
         total_steps = steps_per_epoch * config.epochs

@@ -16,7 +16,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from softcontrast.components.augment import CropSpec, ViewRecipe
-from softcontrast.data import FolderImages, RandomCrops, TrainingBatches, sample_box
+from softcontrast.data import DataSourceError, FolderImages, RandomCrops, TrainingBatches, sample_box
 from softcontrast.data.crops import crop_resize, decode, jpeg_reduction, pil_to_tensor, random_crops
 from softcontrast.data.images import list_image_folder
 
@@ -160,3 +160,37 @@ def test_two_processes_stream_a_folder_with_the_crops_one_process_would_cut(tmp_
     saved = json.loads(next((tmp_path / "run").rglob("run_config.json")).read_text())
     assert saved["dataset"] == f"imagefolder:{tmp_path / 'photos'}" and saved["augment"] == "imagenet"
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_jpeg_decoded_on_the_device_gives_the_workers_crops(tmp_path, workers):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            image = photo(210 + 10 * i, 160, which=i % 2)
+            image.save(tmp_path / name / (f"{i}.png" if i == 3 else f"{i}.jpg"), quality=90)  # one PNG per class
+    source = FolderImages(tmp_path, *list_image_folder(tmp_path))
+    plan = [CropSpec(32, (0.2, 1.0)), CropSpec(16, (0.05, 0.3))]
+    # the device decodes every JPEG at full scale, as workers do without the draft
+    in_workers = TrainingBatches(source, batch_size=4, num_workers=workers, crops=plan, seed=2, draft=False)
+    on_device = TrainingBatches(source, batch_size=4, num_workers=workers, crops=plan, seed=2, decode_on="device")
+    for (crops, ids), (device_crops, device_ids) in zip(in_workers.epoch(1), on_device.epoch(1)):
+        assert torch.equal(ids, device_ids)
+        assert [c.shape for c in device_crops] == [(4, 3, 32, 32), (4, 3, 16, 16)]
+        assert all(torch.equal(x, y) for x, y in zip(crops, device_crops))
+    with pytest.raises(ValueError, match="decode_on must be one of workers, device"):
+        TrainingBatches(source, batch_size=4, crops=plan, decode_on="gpu")
+
+
+@pytest.mark.parametrize("decode_on", ["workers", "device"])
+def test_a_corrupt_jpeg_is_named_wherever_it_is_decoded(tmp_path, decode_on):
+    (tmp_path / "a").mkdir()
+    photo(200, 150).save(tmp_path / "a" / "good.jpg")
+    torn = bytearray((tmp_path / "a" / "good.jpg").read_bytes())
+    counts = torn.index(b"\xff\xc4") + 5  # the code counts of the first Huffman table: made impossible
+    torn[counts:counts + 16] = b"\xff" * 16
+    (tmp_path / "a" / "torn.jpg").write_bytes(bytes(torn))
+    source = FolderImages(tmp_path, *list_image_folder(tmp_path))
+    batches = TrainingBatches(source, batch_size=2, num_workers=0, crops=[CropSpec(16)], decode_on=decode_on)
+    with pytest.raises(DataSourceError, match="torn.jpg"):
+        next(batches.epoch(0))

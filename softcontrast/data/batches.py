@@ -8,9 +8,14 @@ import torch
 from torch import Tensor
 
 from softcontrast.data.crops import CropSpec
+from softcontrast.data.device_decode import PendingCrops, collate_pending
 from softcontrast.data.images import ImageSource
 from softcontrast.data.splits import ImageTensorDataset
 from softcontrast.data.views import RandomCrops
+
+
+#: Where a streamed split's JPEG files may be decoded (:class:`TrainingBatches`).
+DECODE_ON = ("workers", "device")
 
 
 class EpochBatches:
@@ -95,6 +100,9 @@ class TrainingBatches:
         num_workers: loader workers for a streamed split.
         crops: the crops of one image a step takes (``method.crop_plan()``); needed for a streamed split.
         draft: decode JPEG files at a reduced scale where the crops allow it.
+        decode_on: where a streamed split's JPEG files are decoded: ``workers`` (the loader
+            workers, on the CPU) or ``device`` (batched on ``device``, nvJPEG on a GPU;
+            :mod:`~softcontrast.data.device_decode`).
     """
 
     def __init__(
@@ -109,7 +117,10 @@ class TrainingBatches:
         num_workers: int = 4,
         crops: Sequence[CropSpec] | None = None,
         draft: bool = True,
+        decode_on: str = "workers",
     ):
+        if decode_on not in DECODE_ON:
+            raise ValueError(f"decode_on must be one of {', '.join(DECODE_ON)}; got {decode_on!r}")
         self.data, self.device, self.num_workers = data, torch.device(device), num_workers
         self.sampler = EpochBatches(len(data), batch_size, rank, world_size, seed)
         self.loader = None
@@ -120,9 +131,11 @@ class TrainingBatches:
         if not crops:
             raise ValueError("a streamed split needs the step's crops (method.crop_plan())")
         self.keys = _EpochKeys(self.sampler)
+        on_device = decode_on == "device"
         self.loader = torch.utils.data.DataLoader(
-            RandomCrops(data, crops, seed, draft),
+            RandomCrops(data, crops, seed, draft, decode=not on_device),
             batch_sampler=self.keys,
+            collate_fn=collate_pending if on_device else None,
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,
@@ -141,5 +154,7 @@ class TrainingBatches:
             return
         self.keys.set(epoch, start)
         for crops, ids in self.loader:
+            if isinstance(crops, PendingCrops):
+                crops = crops.finish(self.device)
             yield ([crop.to(self.device, non_blocking=True) for crop in crops],
                    ids.to(self.device, non_blocking=True))

@@ -29,12 +29,16 @@ class RandomCrops(torch.utils.data.Dataset):
         specs: the crops of one image, in the order the step takes them.
         seed: base seed of the boxes.
         draft: decode JPEG files at a reduced scale where every crop allows it.
+        decode: decode in the worker; ``False`` leaves a JPEG file's bytes encoded: the item is
+            then ``((bytes, boxes, name, sizes), index)`` for
+            :class:`~softcontrast.data.device_decode.PendingCrops` to decode on the device.
     """
 
-    def __init__(self, source: ImageSource, specs: Sequence[CropSpec], seed: int = 0, draft: bool = True):
+    def __init__(self, source: ImageSource, specs: Sequence[CropSpec], seed: int = 0, draft: bool = True,
+                 decode: bool = True):
         if not specs:
             raise ValueError("RandomCrops needs at least one crop")
-        self.source, self.specs, self.seed, self.draft = source, list(specs), seed, draft
+        self.source, self.specs, self.seed, self.draft, self.decode = source, list(specs), seed, draft, decode
 
     def __len__(self) -> int:
         return len(self.source)
@@ -50,8 +54,12 @@ class RandomCrops(torch.utils.data.Dataset):
         with image:
             width, height = image.size
             boxes = self.boxes(index, epoch, height, width)
+            sizes = [spec.size for spec in self.specs]
+            if not self.decode and encoded is not None and image.format == "JPEG":
+                return ((torch.frombuffer(bytearray(encoded), dtype=torch.uint8), torch.tensor(boxes),
+                         self.source.describe(index), sizes), index)
             try:
-                crops = random_crops(image, boxes, [spec.size for spec in self.specs], encoded, self.draft)
+                crops = random_crops(image, boxes, sizes, encoded, self.draft)
             except Exception as error:
                 raise DataSourceError(f"cannot decode {self.source.describe(index)}: {error}. "
                                       f"{self.source.remedy}") from error
