@@ -30,9 +30,11 @@ from softcontrast.training import TrainConfig
 class DataSettings:
     """The training data and the size and strength of the augmented views."""
 
-    dataset: str = setting("digits", "digits | imagefolder:<path> | npz:<path> | hf:<id>")
+    dataset: str = setting("digits", "digits | imagefolder:<path> | npz:<path> | hf:<id> | prepared:<folder>")
     train_subset: int | None = setting(None, "train on this many random training images")
-    image_size: int | None = setting(None, "resize images to this side (none: the source's)")
+    image_size: int | None = setting(
+        None, "side in-memory images are resized to (none: the source's); folder, hf and prepared images "
+              "above 96 px stream from the original instead")
     view_size: int | None = setting(None, "side of the augmented views (none: from the image size)")
     crop_min_scale: float | None = setting(
         None, "smallest crop area of the random resized crop (none: the method's recipe)")

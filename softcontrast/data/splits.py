@@ -67,10 +67,6 @@ class ImageTensorDataset:
         return ImageTensorDataset(self.images.to(device), self.labels.to(device), self.classes)
 
 
-#: A split: held in memory, or images opened one at a time in loader workers.
-Split = "ImageTensorDataset | ImageSource"
-
-
 @dataclass
 class DatasetSplits:
     """The train split and, where the source has one, the test split."""
