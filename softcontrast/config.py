@@ -135,7 +135,7 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         return self._scalar(action, where, value)
 
     def _scalar(self, action: argparse.Action, where: str, value: Any) -> Any:
-        kind = action.type or str
+        kind = getattr(action.type, "kind", action.type) or str  # the value type of an optional flag's parser
         if isinstance(value, bool):
             hint = " (YAML reads yes/no/on/off as booleans: quote the value)" if kind is str else ""
             self.error(f"{where} must be {getattr(kind, '__name__', 'a value')}, got {value!r}{hint}")

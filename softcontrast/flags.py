@@ -104,10 +104,21 @@ def add_flags(parser: argparse._ActionsContainer, flags: list[Flag], notes: dict
         if flag.kind is bool:
             parser.add_argument(f"--{flag.name}", action=argparse.BooleanOptionalAction, **options)
             continue
-        options["type"] = flag.kind
+        options["type"] = _or_none(flag.kind) if flag.optional and flag.count == 1 else flag.kind
         if flag.count > 1:
             options.update(nargs=flag.count, metavar=tuple("ABCDEFGH"[:flag.count]))
         if flag.choices is not None:
             options["choices"] = flag.choices
         action = parser.add_argument(f"--{flag.name}", **options)
         action.nullable = flag.optional  # a config file may set it to null
+
+
+def _or_none(kind: type) -> Any:
+    """``kind``'s parser that also takes ``none`` (an optional setting set to ``None`` from the command line)."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    parse.kind = kind  # a config file's value is checked against the type itself
+    return parse

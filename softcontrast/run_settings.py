@@ -221,7 +221,7 @@ def resolve(spec: MethodSpec | None, given: Mapping[str, Any], plugins: tuple[st
         for item in fields(section):
             if item.name in fixed or not item.init:
                 continue
-            if item.name in given and given[item.name] is not None:
+            if item.name in given and (given[item.name] is not None or item.name not in SIZE_SETTINGS):
                 value = given[item.name]
                 chosen[item.name] = tuple(value) if isinstance(value, list) else value
             elif on_digits and item.name in DIGITS_DEFAULTS:

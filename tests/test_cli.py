@@ -213,3 +213,13 @@ def test_a_run_on_large_photos_says_which_defaults_it_chose_and_is_evaluated(tmp
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (report["train_images"], report["test_images"], report["view_size"]) == (8, 4, 32)
     assert {"tsne.png", "neighbors.png"} <= set(report["plots"])
+
+
+def test_an_optional_setting_takes_none_on_the_command_line():
+    spec = method_spec("moco")
+    parser = build_parser(spec)
+    assert vars(parser.parse_args(["--knn-test-subset", "none"])) == {"knn_test_subset": None}
+    assert vars(parser.parse_args(["--knn-test-subset", "500"])) == {"knn_test_subset": 500}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--epochs", "none"])  # not optional
+    assert resolve(spec, vars(parser.parse_args(["--knn-test-subset", "None"])), image_side=32).train.knn_test_subset is None
