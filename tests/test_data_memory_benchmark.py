@@ -26,7 +26,8 @@ def test_tiny_run_writes_every_case_at_two_scales(tmp_path):
             assert run["main_peak_rss"] >= run["main_baseline_rss"] > 0 and min(run["worker_peak_rss"]) > 0
     assert [run["source"] for run in result["runs"]["hf"]] == ["HFImages", "HFImages"]
     assert all(math.isfinite(v) for figures in result["growth"].values() for v in figures.values())
-    assert result["large_folder_listing_rss_over_baseline"]["torchvision"] > 0
+    listing = result["large_folder_listing_rss_over_baseline"]  # a tiny listing may not add a page
+    assert set(listing) >= {"torchvision"} and all(math.isfinite(v) and v >= 0 for v in listing.values())
 
 
 def test_generated_images_are_distinct_photo_jpegs():
