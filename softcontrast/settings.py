@@ -55,7 +55,12 @@ NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_c
 
 
 #: Settings added after runs were saved, with the value those runs trained with.
-ADDED_SETTINGS = {"augment": "cifar"}
+ADDED_SETTINGS = {
+    "augment": "cifar",
+    "lr_scaling": "linear",
+    "exclude_norm_bias": False,
+    "lars_trust_coefficient": 1e-3,
+}
 
 
 def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:

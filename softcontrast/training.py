@@ -32,6 +32,7 @@ from softcontrast.finite import (
     loss_parts,
 )
 from softcontrast.methods.base import ContrastiveMethod
+from softcontrast.optim import LR_SCALINGS, OPTIMIZERS, make_optimizer, scaled_lr
 from softcontrast.settings import SettingError, check_choice, setting
 
 METRICS_FILE = "metrics.jsonl"
@@ -81,10 +82,16 @@ class TrainConfig:
 
     epochs: int = setting(100, "total epochs (sets the schedules)")
     batch_size: int = setting(256, "images per process per step")
-    optimizer: str = setting("sgd", "the optimizer", choices=("sgd", "adamw"))
-    lr: float = setting(0.06, "learning rate for a global batch of 256 (scaled linearly)")
+    optimizer: str = setting("sgd", "the optimizer: sgd (with momentum) | adamw | lars", choices=OPTIMIZERS)
+    lr: float = setting(0.06, "learning rate for a global batch of 256 (scaled to the global batch by --lr-scaling)")
+    lr_scaling: str = setting(
+        "linear", "how the lr follows the global batch B: linear (lr × B/256) | sqrt (lr × √(B/256)) | none",
+        choices=LR_SCALINGS)
     weight_decay: float = setting(5e-4, "weight decay")
-    sgd_momentum: float = setting(0.9, "SGD momentum", cli=False)
+    exclude_norm_bias: bool = setting(
+        False, "no weight decay (and no LARS trust ratio) for the norm layers' scales and shifts and all biases")
+    sgd_momentum: float = setting(0.9, "momentum of SGD and LARS", cli=False)
+    lars_trust_coefficient: float = setting(1e-3, "LARS trust coefficient η (with --optimizer lars)")
     warmup_epochs: float = setting(0.0, "epochs of linear warm-up before the per-step cosine decay")
     seed: int = setting(0, "seed of the weights, the data order and the method's random streams")
     output_dir: str = setting("runs/default", "where checkpoints, metrics and the exported backbone go", cli=False)
@@ -117,9 +124,13 @@ class TrainConfig:
             raise SettingError("epochs", f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
-        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
         if not self.lr > 0:
             raise SettingError("lr", f"lr must be > 0, got {self.lr}")
+        if not self.lars_trust_coefficient > 0:
+            raise SettingError("lars_trust_coefficient",
+                               f"lars_trust_coefficient must be > 0, got {self.lars_trust_coefficient}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise SettingError("warmup_epochs", f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
         if self.log_every < 1:
@@ -218,14 +229,15 @@ class Trainer:
             raise ValueError(f"global batch {global_batch} exceeds the {num_samples} training images: lower the batch size")
 
     def _base_lr(self) -> float:
-        return self.config.lr * self.config.batch_size * self.accelerator.num_processes / 256
+        """The peak learning rate: ``lr`` scaled to the global batch by ``lr_scaling``."""
+        return scaled_lr(self.config.lr, self.config.batch_size * self.accelerator.num_processes,
+                         self.config.lr_scaling)
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = self._base_lr()
-        if self.config.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=self.config.sgd_momentum, weight_decay=self.config.weight_decay)
+        config = self.config
+        return make_optimizer(model, config.optimizer, self._base_lr(), config.weight_decay,
+                              momentum=config.sgd_momentum, exclude_norm_bias=config.exclude_norm_bias,
+                              trust_coefficient=config.lars_trust_coefficient)
 
     def monitor_test_split(self, test: "ImageTensorDataset | ImageSource") -> "ImageTensorDataset | ImageSource":
         """The kNN monitor's test images: ``knn_test_subset`` of them drawn with the seed (the same

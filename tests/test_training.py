@@ -67,6 +67,18 @@ def test_resume_continues_with_the_same_loss_sequence(tmp_path):
     assert (tmp_path / "split" / "backbone.pt").is_file()
 
 
+def test_lars_run_resumes_with_the_same_loss_sequence(tmp_path):
+    """LARS with its momentum buffers in the checkpoint, norm and bias excluded, sqrt lr scaling."""
+    options = dict(epochs=2, optimizer="lars", exclude_norm_bias=True, lr_scaling="sqrt", lr=2.0, weight_decay=1e-4)
+    straight = fit(tiny_sce(), tmp_path / "straight", **options)
+    first = fit(tiny_sce(), tmp_path / "split", stop_after_epochs=1, **options)
+    second = fit(tiny_sce(), tmp_path / "split", resume="latest", **options)
+    assert first.losses + second.losses == straight.losses
+    assert all(math.isfinite(loss) for loss in straight.losses)
+    sgd = fit(tiny_sce(), tmp_path / "sgd", **{**options, "optimizer": "sgd"})
+    assert sgd.losses[0] == straight.losses[0] and sgd.losses[1:] != straight.losses[1:]
+
+
 def test_resume_from_another_config_is_refused(tmp_path):
     fit(tiny_sce(), tmp_path, epochs=2, stop_after_epochs=1)
     with pytest.raises(CheckpointMismatchError, match="lr"):
