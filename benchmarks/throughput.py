@@ -90,6 +90,8 @@ class Settings:
     device: torch.device
     seed: int
     search_backend: str
+    backbone: str = "resnet18"
+    cifar_stem: bool = True
 
     @property
     def channels_last(self) -> bool:
@@ -205,7 +207,7 @@ class LightlyMoCo(Contender):
             persistent_workers=workers > 0, pin_memory=settings.device.type == "cuda",
             generator=torch.Generator().manual_seed(settings.seed),
         )
-        backbone = resnet("resnet18", cifar_stem=True, width=settings.width)
+        backbone = resnet(settings.backbone, cifar_stem=settings.cifar_stem, width=settings.width)
         self.online = nn.Sequential(backbone, projector_for(backbone)).to(settings.device)
         self.momentum = copy.deepcopy(self.online)
         deactivate_requires_grad(self.momentum)
@@ -253,7 +255,7 @@ def build_method(name: str, settings: Settings) -> ContrastiveMethod:
     momentum and temperature (where its config has them; published FNC keeps its memory of
     16 × the batch view entries in total, not the queue)."""
     spec = method_spec(name)
-    backbone = resnet("resnet18", cifar_stem=True, width=settings.width)
+    backbone = resnet(settings.backbone, cifar_stem=settings.cifar_stem, width=settings.width)
     shared = {"queue_size": settings.queue_size, "momentum": settings.ema, "search_backend": settings.search_backend}
     if name not in OWN_TEMPERATURE:
         shared["temperature"] = settings.temperature
@@ -482,7 +484,8 @@ def measure(data: ImageTensorDataset, args: argparse.Namespace, width: int, vari
             log: Callable[[str], None]) -> tuple[list[dict], list[dict], dict | None]:
     """One configuration: warm-up, interleaved rounds, our breakdown (and sync check)."""
     settings = Settings(width, variant, args.batch_size, args.queue_size, args.lr, args.weight_decay, 0.9, args.ema,
-                        args.temperature, args.precision, args.device, args.seed, args.search_backend)
+                        args.temperature, args.precision, args.device, args.seed, args.search_backend,
+                        args.backbone, args.stem == "cifar")
     torch.manual_seed(args.seed)
     contenders: list[Contender] = [LightlyMoCo(data, settings, args.workers)] if args.lightly else []
     contenders += [Ours(m, data, settings) for m in args.methods]
@@ -559,10 +562,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The docs' table of a throughput report (``<out>.md`` is written from it)."""
     m, s = report["machine"], report["settings"]
     device = m.get("gpu") or f"{m['cpu']}, {m['cpu_cores']} cores"
+    depth = s.get("backbone", "resnet18").removeprefix("resnet")
+    network = f"ResNet-{depth} ({'ImageNet' if s.get('stem') == 'imagenet' else 'CIFAR'} stem)"
     lines = [
         (f"Device: {device} ({m['device']}); torch threads {m['torch_threads']}, lightly loader workers "
         f"{m['lightly_loader_workers']}; load average (1, 5, 15 min) when written {', '.join(map(str, m['load_average_when_written']))}."),
-        (f"Settings: ResNet-18 (CIFAR stem), batch {s['batch_size']}, queue {s['queue_size']}, "
+        (f"Settings: {network}, batch {s['batch_size']}, queue {s['queue_size']}, "
         f"{s['subset']} images, {s['rounds']} interleaved rounds of {s['steps']} steps per contender."),
         "",
     ]
@@ -632,7 +637,7 @@ def write_report(args: argparse.Namespace, results: list[dict], breakdowns: list
         "versions": versions(),
         "settings": {
             "dataset": f"<unzipped {args.data_zip.name}>" if args.data_zip else args.dataset,
-            "subset": args.subset, "widths": args.widths, "variants": args.variants, "precision": args.precision,
+            "subset": args.subset, "backbone": args.backbone, "stem": args.stem, "widths": args.widths, "variants": args.variants, "precision": args.precision,
             "methods": args.methods, "lightly": args.lightly, "batch_size": args.batch_size,
             "queue_size": args.queue_size, "lr": args.lr, "weight_decay": args.weight_decay, "ema": args.ema,
             "temperature": args.temperature, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
@@ -671,7 +676,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data-zip", type=Path, help="image-folder zip holding train/<class>/<image> (e.g. CIFAR-10)")
     data.add_argument("--dataset", default="digits", help="a softcontrast source string instead of --data-zip")
     parser.add_argument("--subset", type=int, default=5120, help="training images used (default 5120)")
-    parser.add_argument("--widths", type=int, nargs="+", default=[32], help="ResNet-18 first-stage widths")
+    parser.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default="resnet18",
+                        help="the network of every contender")
+    parser.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar",
+                        help="the ResNet stem: cifar (3x3 conv, no pooling) or imagenet (7x7 conv and max pooling)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[32], help="ResNet first-stage widths")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
