@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from softcontrast.components.augment import ViewRecipe, imagenet_family
 from softcontrast.components.backbones import Backbone, projector_for
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
+from softcontrast.components.view_recipes import NAMED_VIEWS, named_views
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.registry import MethodSpec, Setup, load_plugin, method_spec
 from softcontrast.settings import SettingError, setting, upgrade_settings
@@ -40,14 +41,22 @@ class DataSettings:
         None, "smallest crop area of the random resized crop (none: the method's recipe)")
     flip_p: float | None = setting(None, "horizontal flip probability (none: the method's recipe)")
     augment: str = setting(
-        "auto", "view family: cifar (the method's views) | imagenet (plus MoCo v2's ImageNet blur and "
-        "ImageNet mean/std) | auto (from the image size)", choices=("auto", "cifar", "imagenet"))
+        "auto", "views: cifar (the method's views) | imagenet (plus MoCo v2's ImageNet blur and "
+        "ImageNet mean/std) | auto (from the image size) | a paper's ImageNet recipe in place of the method's: "
+        "mocov2-imagenet, mocov3-imagenet, sce-imagenet (pairs: query view recipe 1, key view recipe 2), "
+        "fnc-imagenet (with RandAugment)", choices=("auto", "cifar", "imagenet", *NAMED_VIEWS))
 
-    def view(self, recipe: ViewRecipe) -> ViewRecipe:
+    def view(self, recipe: ViewRecipe, slot: int = 0) -> ViewRecipe:
         """``recipe`` at :attr:`view_size` in the :attr:`augment` family, with the crop scale and flip
-        chosen here (when set)."""
+        chosen here (when set).
+
+        With a named :attr:`augment` (:data:`~softcontrast.components.view_recipes.NAMED_VIEWS`) the
+        named recipe of view ``slot`` (0: query/anchor, 1: key/column, ...) replaces ``recipe``.
+        """
         if self.view_size is None or self.augment == "auto":
             raise ValueError("view_size and augment are chosen by resolve() from the image size; set them first")
+        if self.augment in NAMED_VIEWS:
+            recipe = named_views(self.augment).for_view(slot)
         recipe = replace(recipe, size=self.view_size)
         if self.augment == "imagenet":
             recipe = imagenet_family(recipe)

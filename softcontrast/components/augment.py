@@ -9,7 +9,9 @@ is two steps, so that the random part and the pixel math can be checked apart:
 
 For fixed parameters each image equals ``torchvision.transforms.v2.functional``
 applied to it alone (crop + bilinear resize, flip, colour jitter in the sampled
-order, grayscale, Gaussian blur, solarize). One documented difference: the crop is
+order, grayscale, Gaussian blur, solarize). RandAugment, off by default, is
+torchvision's, image by image (:mod:`softcontrast.components.randaugment`). One
+documented difference: the crop is
 resized with plain bilinear interpolation, which equals torchvision's antialiased
 resize whenever the crop is not larger than the output (always true for CIFAR
 recipes); for larger crops it equals ``antialias=False``.
@@ -23,6 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from softcontrast.components.randaugment import check_randaugment, rand_augment
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -74,6 +78,9 @@ class ViewRecipe:
         solarize_threshold: solarization threshold in ``[0, 1]``.
         mean: per-channel mean for normalisation.
         std: per-channel std for normalisation.
+        randaugment: ``(number of operations, magnitude)`` of RandAugment, the magnitude
+            on the paper's 0–10 scale, applied after the colour jitter and before the
+            grayscale (FNC's order); ``None`` (the default): off.
     """
 
     size: int = 32
@@ -90,10 +97,13 @@ class ViewRecipe:
     solarize_threshold: float = 0.5
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
+    randaugment: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"view size must be >= 1, got {self.size}")
+        if self.randaugment is not None:
+            check_randaugment(self.randaugment)
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
@@ -180,6 +190,8 @@ class ViewParams:
         blur: ``B`` flags.
         blur_sigma: ``B`` standard deviations.
         solarize: ``B`` flags.
+        randaugment_seed: a one-element ``int64`` tensor seeding the view's RandAugment
+            draws; ``None`` when the recipe has no RandAugment.
     """
 
     crop: Tensor | None
@@ -191,6 +203,7 @@ class ViewParams:
     blur: Tensor
     blur_sigma: Tensor
     solarize: Tensor
+    randaugment_seed: Tensor | None = None
 
 
 _CONSTANTS: dict[tuple, Tensor] = {}
@@ -313,6 +326,9 @@ def sample_view_params(
         blur=coin(recipe.blur_p),
         blur_sigma=_uniform(recipe.blur_sigma[0], recipe.blur_sigma[1], batch, device, generator),
         solarize=coin(recipe.solarize_p),
+        # drawn last and only with RandAugment: recipes without it draw what they drew before
+        randaugment_seed=(None if recipe.randaugment is None else
+                          torch.randint(0, 2**62, (1,), device=device, generator=generator)),
     )
 
 
@@ -459,6 +475,11 @@ def apply_view(images: Tensor, params: ViewParams, recipe: ViewRecipe, normalize
     views = torch.where(_per_sample(params.flip), views.flip(-1), views)
     if recipe.jitter_p > 0:
         views = color_jitter(views, params.jitter, params.jitter_factors, params.jitter_order)
+    if recipe.randaugment is not None:
+        if params.randaugment_seed is None:
+            raise ValueError("the recipe has RandAugment but its parameters carry no seed: draw them with "
+                             "sample_view_params for this recipe")
+        views = rand_augment(views, *recipe.randaugment, seed=params.randaugment_seed)
     if recipe.gray_p > 0:
         views = torch.where(_per_sample(params.gray), grayscale(views).expand_as(views), views)
     if recipe.blur_p > 0:

@@ -82,7 +82,11 @@ def embed_views(encode: Encode, views: Sequence[Tensor]) -> Tensor:
 class SmallCrops(nn.Module):
     """Multi-crop: ``N`` small crops per image, extra anchors that are never columns.
 
-    They pass only through the online encoder (in one call, as they share a size).
+    They pass only through the online encoder: crops of one size in one call, each
+    other size in a call of its own (:func:`embed_views`; give crops of one size next
+    to each other). ``SmallCrops(4, recipe)`` makes four crops of one recipe;
+    :meth:`of` takes a recipe per crop (crops of several sizes, as SCE's official
+    multi-crop).
 
     Args:
         count: N, small crops per image (>= 1).
@@ -93,8 +97,40 @@ class SmallCrops(nn.Module):
         super().__init__()
         if count < 1:
             raise ValueError(f"small crops: count must be >= 1, got {count}")
-        self.count, self.recipe = count, recipe
         self.augment = MultiViewAugment([recipe] * count)
+
+    @classmethod
+    def of(cls, recipes: Sequence[ViewRecipe]) -> "SmallCrops":
+        """Small crops with a recipe (and size) each, in this order.
+
+        Raises:
+            ValueError: no recipe.
+        """
+        if not recipes:
+            raise ValueError("small crops: give at least one recipe")
+        crops = cls(1, recipes[0])
+        crops.augment = MultiViewAugment(list(recipes))
+        return crops
+
+    @property
+    def recipes(self) -> list[ViewRecipe]:
+        """The recipe of every small crop, in order."""
+        return self.augment.recipes
+
+    @property
+    def count(self) -> int:
+        """N, small crops per image."""
+        return len(self.augment)
+
+    @property
+    def recipe(self) -> ViewRecipe:
+        """The first small crop's recipe (every crop's when they share one)."""
+        return self.recipes[0]
+
+    @property
+    def sizes(self) -> list[int]:
+        """The side of every small crop, in order."""
+        return [recipe.size for recipe in self.recipes]
 
     def forward(self, encode: Encode, images: "Tensor | Sequence[Tensor]",
                 generator: torch.Generator | None = None) -> Tensor:

@@ -250,7 +250,7 @@ class ContrastiveMethod(nn.Module):
         """
         plan = [recipe.crop for recipe in self.views.recipes]
         if self.small_crops is not None:
-            plan += [self.small_crops.recipe.crop] * self.small_crops.count
+            plan += [recipe.crop for recipe in self.small_crops.recipes]
         plan += [self.detection_augment.recipe.crop] * (self.detection_views * len(self.passes))
         return plan
 

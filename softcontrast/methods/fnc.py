@@ -60,13 +60,13 @@ def build_fnc(config: FNCConfig, backbone: Backbone, setup: Setup) -> Contrastiv
     deviation: memory entries of the row's own image are masked (the official code has
     no sample ids).
     """
-    view = setup.view(moco_v2_cifar())
     num_views = 2 + config.support_views
+    views = [setup.view_at(moco_v2_cifar(), slot) for slot in range(num_views)]
     memory = 16 * setup.global_batch if config.memory_size is None else config.memory_size
     published = config.column_layout == "published"
     every_view = tuple(range(num_views))
     return ContrastiveMethod(
-        backbone, setup.projector_for(backbone), config.detector(setup.bank), views=[view] * num_views,
+        backbone, setup.projector_for(backbone), config.detector(setup.bank), views=views,
         passes=(Pass(every_view, every_view),), memory_size=memory, temperature=config.temperature,
         momentum=config.momentum, final_momentum=config.final_momentum, memory_counts_block=published,
         online_columns=published and memory == 0, loss_scale=config.loss_scale, memory_setting="memory_size",
@@ -97,11 +97,11 @@ def build_fnc_on_moco(config: FNCOnMoCoConfig, backbone: Backbone, setup: Setup)
     """MoCo v2's step with FNC's targets: ``C = [k_i | Q]``; ``F_i = top_k {j ∈ Q unmasked :
     agg_s(u_is·C_j) > threshold}`` with ``u_i`` the key and ``detection_views − 1`` more
     momentum views; eliminate: ``mask ∪= F_i``, target ``e_pos``; attract: target
-    uniform over ``{pos} ∪ F_i``."""
-    view = setup.view(moco_v2_cifar())
+    uniform over ``{pos} ∪ F_i``. The extra detection views are momentum views like the key: the key's recipe."""
+    query_view, key_view = setup.view_at(moco_v2_cifar(), 0), setup.view_at(moco_v2_cifar(), 1)
     return ContrastiveMethod(
-        backbone, setup.projector_for(backbone), config.detector(setup.bank), views=[view, view],
+        backbone, setup.projector_for(backbone), config.detector(setup.bank), views=[query_view, key_view],
         passes=config.passes, memory_size=config.queue_size, temperature=config.temperature,
         momentum=config.momentum, final_momentum=config.final_momentum, batch_negatives=False,
-        detection_views=config.detection_views - 1, detection_view=view,
+        detection_views=config.detection_views - 1, detection_view=key_view,
     )

@@ -22,9 +22,9 @@ class MoCoConfig(QueueSettings):
 
 def build_moco(config: MoCoConfig, backbone: Backbone, setup: Setup) -> ContrastiveMethod:
     """``L = −log softmax(q·Cᵀ/τ)_pos`` with ``C = [k_i | Q]``; both views the MoCo v2 recipe."""
-    view = setup.view(moco_v2_cifar())
+    views = [setup.view_at(moco_v2_cifar(), 0), setup.view_at(moco_v2_cifar(), 1)]
     return ContrastiveMethod(
-        backbone, setup.projector_for(backbone), InfoNCE(), views=[view, view], passes=config.passes,
+        backbone, setup.projector_for(backbone), InfoNCE(), views=views, passes=config.passes,
         memory_size=config.queue_size, temperature=config.temperature, momentum=config.momentum,
         final_momentum=config.final_momentum, batch_negatives=False,
     )

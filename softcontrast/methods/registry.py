@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,10 @@ class Setup:
         projector: the projector head, or ``None`` for the methods' default
             (:func:`~softcontrast.components.backbones.projector_for`).
         view: maps a method's default view recipe to the run's (view size, crop scale,
-            flip chosen for the data); the identity by default.
+            flip chosen for the data, or a named recipe); the identity by default. Called
+            as ``view(recipe, slot)`` with the view's position (0: query/anchor, 1:
+            key/column, ...) by :meth:`view_at`; a function of one argument is called as
+            ``view(recipe)`` and treats every view alike.
         global_batch: images per step over all processes (sizes that scale with the
             batch, such as FNC's default memory).
         num_samples: training images (for a dataset-wide bank), if known.
@@ -48,14 +52,36 @@ class Setup:
     """
 
     projector: nn.Module | None = None
-    view: Callable[[ViewRecipe], ViewRecipe] = _same_view
+    view: Callable[..., ViewRecipe] = _same_view
     global_batch: int = 256
     num_samples: int | None = None
     bank: EmbeddingBank | None = None
 
+    def view_at(self, recipe: ViewRecipe, slot: int) -> ViewRecipe:
+        """The run's recipe for a method's view number ``slot`` whose default is ``recipe``.
+
+        Args:
+            recipe: the method's default recipe of that view.
+            slot: the view's position: 0 the query/anchor view, 1 the key/column view,
+                then any further views (a named pair of recipes alternates over them).
+        """
+        return self.view(recipe, slot) if _takes_slot(self.view) else self.view(recipe)
+
     def projector_for(self, backbone: Backbone) -> nn.Module:
         """The run's projector, or the default one for ``backbone``."""
         return self.projector if self.projector is not None else projector_for(backbone)
+
+
+def _takes_slot(view: Callable[..., ViewRecipe]) -> bool:
+    """Whether ``view`` takes a second positional argument (the view's slot)."""
+    try:
+        parameters = list(inspect.signature(view).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: call it with the recipe only
+        return False
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 2
 
 
 #: ``build(config, backbone, setup) -> ContrastiveMethod``.

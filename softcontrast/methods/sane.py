@@ -49,7 +49,7 @@ def build_sane(config: SANEConfig, backbone: Backbone, setup: Setup) -> Contrast
     ``y′_i = θ·ȳ_i + (1 − θ)·ȳ_π(i)``, ``θ ~ Beta(κ, κ)``. Without mixup ``x′ = x``,
     ``y′ = ȳ``; with ``λ = 0`` the loss is InfoNCE over ``B̄``.
     """
-    query_view, key_view = setup.view(moco_v2_cifar()), setup.view(moco_v2_cifar())
+    query_view, key_view = setup.view_at(moco_v2_cifar(), 0), setup.view_at(moco_v2_cifar(), 1)
     views = [query_view, key_view]
     source = None
     if config.mixup_view == "strong":

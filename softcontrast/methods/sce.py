@@ -8,10 +8,11 @@ from softcontrast.components.augment import ViewRecipe, sce_strong, sce_weak
 from softcontrast.components.backbones import Backbone
 from softcontrast.components.multiview import SmallCrops
 from softcontrast.components.targets import SimilarityTargets
+from softcontrast.components.view_recipes import SMALL_CROP_PRESETS, small_crop_recipes
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.common import QueueSettings
 from softcontrast.methods.registry import Setup
-from softcontrast.settings import SettingError, setting
+from softcontrast.settings import SettingError, check_choice, setting
 
 
 @dataclass
@@ -25,9 +26,23 @@ class SCEConfig(QueueSettings):
     small_crops: int = setting(0, "multi-crop: small crops per image, each one more query with the image's target")
     small_crop_size: int | None = setting(None, "side of the small crops (default: view size × 96/224)")
     small_crop_scale: tuple[float, float] = setting((0.05, 0.14), "crop area range of the small crops")
+    small_crops_preset: str = setting(
+        "none", "named small crops of several sizes instead of small_crops/size/scale: sce-five-crops (SCE's "
+        "official ImageNet multi-crop: 4 crops of 192/160/128/96 px at 224-px views, scales 0.172-0.86, "
+        "0.143-0.715, 0.114-0.571, 0.086-0.429; sides follow the view size) | none",
+        choices=("none", *SMALL_CROP_PRESETS))
 
     def crops(self, query_view: ViewRecipe) -> SmallCrops | None:
-        """The small crops: the query recipe at ``small_crop_size`` and ``small_crop_scale`` (``None`` without)."""
+        """The small crops (``None`` without): with :attr:`small_crops_preset`, the preset's crops of the
+        query recipe, one size each; else ``small_crops`` crops of the query recipe at ``small_crop_size``
+        and ``small_crop_scale``."""
+        if self.small_crops_preset != "none":
+            check_choice("small_crops_preset", self.small_crops_preset, ("none", *SMALL_CROP_PRESETS), "SCE")
+            if self.small_crops != 0:
+                raise SettingError("small_crops", (
+                    f"small_crops {self.small_crops} and small_crops_preset {self.small_crops_preset} both say "
+                    "how many small crops to make: give one of them"))
+            return SmallCrops.of(small_crop_recipes(self.small_crops_preset, query_view))
         if self.small_crops < 0:
             raise SettingError("small_crops", f"small_crops must be >= 0, got {self.small_crops}")
         low, high = self.small_crop_scale
@@ -45,7 +60,7 @@ def build_sce(config: SCEConfig, backbone: Backbone, setup: Setup) -> Contrastiv
     Strong query view, weak key view (crop + flip), ``C = [k_i | Q]`` (or ``[all batch
     keys | Q]``); small crops are more queries with row ``i``'s target.
     """
-    query_view, key_view = setup.view(sce_strong()), setup.view(sce_weak())
+    query_view, key_view = setup.view_at(sce_strong(), 0), setup.view_at(sce_weak(), 1)
     return ContrastiveMethod(
         backbone, setup.projector_for(backbone), SimilarityTargets(config.lam, config.tau_m),
         views=[query_view, key_view], passes=config.passes, memory_size=config.queue_size,
