@@ -55,7 +55,7 @@ NEGATED_SETTINGS = {"no_p": "use_p", "no_q": "use_q", "no_mixup": "mixup", "no_c
 
 
 #: Settings added after runs were saved, with the value those runs trained with.
-ADDED_SETTINGS = {"augment": "cifar"}
+ADDED_SETTINGS = {"augment": "cifar", "projector_last_bn": "none", "predictor_hidden": None, "sync_bn": True}
 
 
 def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
