@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from softcontrast.components.augment import ViewRecipe, imagenet_family
-from softcontrast.components.backbones import Backbone, projector_for
+from softcontrast.components.backbones import LAST_BATCH_NORMS, Backbone, MLPHead, predictor_for, projector_for
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.components.view_recipes import NAMED_VIEWS, named_views
 from softcontrast.methods.base import ContrastiveMethod
 from softcontrast.methods.registry import MethodSpec, Setup, load_plugin, method_spec
-from softcontrast.settings import SettingError, setting, upgrade_settings
+from softcontrast.settings import SettingError, check_choice, setting, upgrade_settings
 from softcontrast.training import TrainConfig
 
 
@@ -69,7 +69,7 @@ class DataSettings:
 
 @dataclass
 class ModelSettings:
-    """The backbone and the projector head."""
+    """The backbone, the projector head and the online branch's predictor head."""
 
     backbone: str = setting("resnet18", "backbone architecture", choices=("resnet18", "resnet34", "resnet50"))
     width: int = setting(64, "channels of the first ResNet stage (64 = standard)")
@@ -79,6 +79,31 @@ class ModelSettings:
     projector_hidden: int | None = setting(None, "hidden width of the projector (none: from the image size)")
     projector_out: int = setting(128, "output width of the projector")
     projector_layers: int = setting(2, "linear layers of the projector (1: a linear map)")
+    projector_last_bn: str = setting(
+        "none", "batch norm after the projector's last layer: none | affine | no-affine (SCE's and MoCo v3's "
+        "ImageNet projectors: no-affine)", choices=LAST_BATCH_NORMS)
+    predictor_hidden: int | None = setting(
+        None, "hidden width of a predictor head on the online branch only (SCE on ImageNet: 4096); "
+              "none or 0: no predictor")
+    predictor_out: int | None = setting(
+        None, "output width of the predictor (none: projector_out, the only width its predictions can be "
+              "scored at)")
+
+    def __post_init__(self) -> None:
+        check_choice("projector_last_bn", self.projector_last_bn, LAST_BATCH_NORMS)
+        if self.predictor_hidden is not None and self.predictor_hidden < 0:
+            raise SettingError("predictor_hidden", "predictor_hidden must be >= 1, or 0 or none for no predictor; "
+                                                   f"got {self.predictor_hidden}")
+        if self.predictor_hidden and self.predictor_out is not None and self.predictor_out != self.projector_out:
+            raise SettingError("predictor_out", (
+                f"predictor_out {self.predictor_out} differs from projector_out {self.projector_out}: the predictions "
+                f"are scored against the projector's outputs, so set predictor_out to {self.projector_out} or none"))
+
+    def predictor(self) -> MLPHead | None:
+        """The predictor head these settings ask for, or ``None``."""
+        if not self.predictor_hidden:
+            return None
+        return predictor_for(self.projector_out, self.predictor_hidden, self.predictor_out)
 
 
 @dataclass
@@ -92,6 +117,9 @@ class RunSettings:
         False, "shuffle-BN for the momentum encoder: across processes, or split-BN on one process")
     split_bn_groups: int = setting(
         8, "batch-norm groups of the global batch under shuffle-BN (a multiple of the process count)")
+    sync_bn: bool = setting(
+        True, "SyncBatchNorm on several GPUs: global batch statistics (under shuffle-BN for the online encoder "
+              "only); CUDA only, on the CPU (gloo) each process keeps its own statistics")
     output_dir: str | None = setting(None, "where the run writes (none: runs/<method>)")
     tensorboard: bool = setting(False, "also log to TensorBoard in the output dir")
 
@@ -259,13 +287,19 @@ def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
         num_samples: training images, if known.
     """
     model = settings.model
-    setup = Setup(projector=projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers),
-                  view=settings.data.view, global_batch=settings.train.batch_size * processes, num_samples=num_samples)
+    projector = projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers,
+                              model.projector_last_bn)
+    setup = Setup(projector=projector, view=settings.data.view, global_batch=settings.train.batch_size * processes,
+                  num_samples=num_samples)
     method = method_spec(settings.method).build(settings.config, backbone, setup)
     if settings.run.shuffle_bn:
         method.shuffle_bn = ShuffleBatchNorm(settings.run.split_bn_groups)
     if settings.run.channels_last:
         method.channels_last = True
+    predictor = model.predictor()
+    if predictor is not None:
+        method.set_predictor(predictor)
+    method.sync_bn = settings.run.sync_bn
     return method
 
 

@@ -60,6 +60,9 @@ ADDED_SETTINGS = {
     "lr_scaling": "linear",
     "exclude_norm_bias": False,
     "lars_trust_coefficient": 1e-3,
+    "projector_last_bn": "none",
+    "predictor_hidden": None,
+    "sync_bn": True,
 }
 
 

@@ -321,9 +321,8 @@ class Trainer:
         total_steps = steps_per_epoch * config.epochs
         warmup_steps = int(config.warmup_epochs * steps_per_epoch)
         method = self.method
-        if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
-            # Under shuffle-BN the key encoder's groups keep their own statistics.
-            nn.SyncBatchNorm.convert_sync_batchnorm(method.online if method.shuffle_bn is not None else method)
+        # SyncBatchNorm on several GPUs when method.sync_bn is on (--sync-bn); gloo/CPU has none.
+        method.use_sync_bn(accelerator.device, accelerator.num_processes)
         method.use_channels_last(accelerator.device)
         if config.compile:
             method.online = torch.compile(method.online)

@@ -87,7 +87,9 @@ class MLPHead(nn.Module):
         out_dim: output size.
         num_layers: number of linear layers (>= 1).
         batch_norm: batch norm after each hidden linear layer.
-        last_batch_norm: batch norm (without affine) after the last layer.
+        last_batch_norm: batch norm after the last layer.
+        last_affine: give that last batch norm a learned scale and shift (SCE's and
+            MoCo v3's projectors have none: ``False``).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class MLPHead(nn.Module):
         num_layers: int = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,
+        last_affine: bool = False,
     ):
         super().__init__()
         if num_layers < 1:
@@ -111,7 +114,7 @@ class MLPHead(nn.Module):
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         if last_batch_norm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+            layers.append(nn.BatchNorm1d(out_dim, affine=last_affine))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -121,6 +124,10 @@ class MLPHead(nn.Module):
 
 class Encoder(nn.Module):
     """Backbone → projector, giving L2-normalised embeddings.
+
+    The momentum encoder is an EMA copy of this module, so it holds exactly what the
+    momentum branch has: a method's predictor (online branch only) lives beside it,
+    not in it (:class:`~softcontrast.methods.base.ContrastiveMethod`).
 
     Args:
         backbone: the feature extractor.
@@ -132,12 +139,57 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.projector = projector
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, normalize: bool = True) -> Tensor:
         """Returns ``B×D`` L2-normalised embeddings, normalised in float32 (or float64)
-        even when autocast made the projector's output bfloat16."""
-        return F.normalize(full_precision(self.projector(self.backbone(images))), dim=-1)
+        even when autocast made the projector's output bfloat16.
+
+        With ``normalize=False``: the projector's raw output (a predictor's input), in the
+        autocast dtype. A keyword rather than a second method, so that a ``torch.compile``
+        wrapper of the encoder compiles both.
+        """
+        projected = self.projector(self.backbone(images))
+        return normalized(projected) if normalize else projected
 
 
-def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2) -> MLPHead:
-    """The default projector of the methods: ``feature_dim → hidden → out`` with BN."""
-    return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers)
+def normalized(embeddings: Tensor) -> Tensor:
+    """``embeddings`` L2-normalised along the last dimension, in float32 (or float64)."""
+    return F.normalize(full_precision(embeddings), dim=-1)
+
+
+#: The projector's optional batch norm after its last layer: none, with a learned scale and
+#: shift, or without (SCE's and MoCo v3's ImageNet projectors).
+LAST_BATCH_NORMS = ("none", "affine", "no-affine")
+
+
+def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2,
+                  last_batch_norm: str = "none") -> MLPHead:
+    """The default projector of the methods: ``feature_dim → hidden → out`` with BN on the hidden layers.
+
+    Args:
+        backbone: gives the input size.
+        hidden_dim: hidden width.
+        out_dim: output width (the embedding size D).
+        num_layers: linear layers.
+        last_batch_norm: batch norm after the last layer, one of :data:`LAST_BATCH_NORMS`.
+
+    Raises:
+        ValueError: ``last_batch_norm`` is not one of :data:`LAST_BATCH_NORMS`.
+    """
+    if last_batch_norm not in LAST_BATCH_NORMS:
+        raise ValueError(f"the projector's last batch norm must be one of {', '.join(LAST_BATCH_NORMS)}; "
+                         f"got {last_batch_norm!r}")
+    return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers,
+                   last_batch_norm=last_batch_norm != "none", last_affine=last_batch_norm == "affine")
+
+
+def predictor_for(dim: int, hidden_dim: int = 4096, out_dim: int | None = None) -> MLPHead:
+    """A prediction head on the online branch (BYOL, MoCo v3, SCE on ImageNet): ``dim → hidden → out``,
+    two layers with batch norm on the hidden one.
+
+    Args:
+        dim: the projector's output width D.
+        hidden_dim: hidden width (SCE's ImageNet recipe: 4096).
+        out_dim: output width; ``None``: ``dim``. The anchors it makes are scored against the
+            momentum encoder's projector outputs, so it must equal ``dim`` to be used by a method.
+    """
+    return MLPHead(dim, hidden_dim, dim if out_dim is None else out_dim, num_layers=2)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from softcontrast.components.augment import BatchAugment, CropSpec, ViewRecipe, to_float
-from softcontrast.components.backbones import Backbone, Encoder
+from softcontrast.components.backbones import Backbone, Encoder, normalized
 from softcontrast.components.columns import Columns, Rows, own_view_indices
 from softcontrast.components.losses import soft_cross_entropy
 from softcontrast.components.memory import EMPTY_ID, NO_COLUMN, Memory
@@ -120,6 +120,14 @@ class ContrastiveMethod(nn.Module):
     Random draws come from :attr:`streams`: the views from its per-process ``local``
     stream, the shuffle-BN permutation and the mixing from its ``shared`` stream.
 
+    With a predictor (BYOL, MoCo v3, SCE's ImageNet recipe), the online branch is
+    backbone → projector → predictor for every anchor (views, small crops, mixed
+    inputs), while the momentum encoder stays the EMA of backbone + projector: the
+    predictor is not part of :attr:`online`, so it is neither copied nor followed by
+    the EMA. Columns are always projector outputs: the momentum encoder's, or, with
+    ``online_columns``, the online projector's (with gradient) — never the predictor's,
+    as in MoCo v3, where predictions are compared with projections.
+
     Args:
         backbone: feature extractor of the online encoder.
         projector: head on the features (output dim D).
@@ -147,6 +155,11 @@ class ContrastiveMethod(nn.Module):
             networks where it is safe: :mod:`~softcontrast.components.memory_format`).
         shuffle_bn: encode the column views with shuffle-BN / split-BN; ``None``
             encodes each batch of views in one pass.
+        predictor: a head on the online projector's output for the anchors
+            (:func:`~softcontrast.components.backbones.predictor_for`), or ``None``; its
+            output width must be the projector's (:meth:`set_predictor`).
+        sync_bn: use :class:`torch.nn.SyncBatchNorm` when trained on several CUDA
+            processes (:meth:`use_sync_bn`; the trainer calls it).
         memory_setting: the config field that sets the memory size (named in errors).
     """
 
@@ -172,6 +185,8 @@ class ContrastiveMethod(nn.Module):
         mixed: MixedTerm | None = None,
         channels_last: bool = False,
         shuffle_bn: ShuffleBatchNorm | None = None,
+        predictor: nn.Module | None = None,
+        sync_bn: bool = True,
         memory_setting: str = "queue_size",
     ):
         super().__init__()
@@ -199,9 +214,15 @@ class ContrastiveMethod(nn.Module):
             own = [plan.columns.index(a) if a in plan.columns else None for a in plan.anchors]
             self.register_buffer(f"own_views_{number}", own_view_indices(own), persistent=False)
         self.online = Encoder(backbone, projector)
-        self.target_encoder = MomentumEncoder(self.online)
+        self.target_encoder = MomentumEncoder(self.online)  # backbone + projector: never the predictor
         with torch.no_grad():
             dim = self._embedding_dim()
+        #: The online branch's prediction head (a submodule, in the state, only when set).
+        self.predictor: nn.Module | None = None
+        if predictor is not None:
+            self.set_predictor(predictor)
+        #: Convert batch norm to SyncBatchNorm on several CUDA processes (:meth:`use_sync_bn`).
+        self.sync_bn = sync_bn
         self.memory = Memory(memory_size, dim)
         self.memory_setting = memory_setting
         self.targets = targets
@@ -272,11 +293,42 @@ class ContrastiveMethod(nn.Module):
             )
 
     def _embedding_dim(self) -> int:
-        projector = self.online.projector
-        was_training = projector.training
-        dim = projector.eval()(torch.zeros(1, self.online.backbone.feature_dim)).shape[-1]
-        projector.train(was_training)
-        return dim
+        return _output_dim(self.online.projector, self.online.backbone.feature_dim)
+
+    def set_predictor(self, predictor: nn.Module) -> None:
+        """Puts ``predictor`` on the online branch (call before the optimizer is made).
+
+        Raises:
+            SettingError: its output width is not the projector's (its predictions are scored
+                against projector outputs); names ``predictor_out``.
+        """
+        with torch.no_grad():
+            dim = self._embedding_dim()
+            out = _output_dim(predictor, dim)
+        if out != dim:
+            raise SettingError("predictor_out", f"the predictor maps to {out} dimensions, but the columns it is scored "
+                                                f"against are the projector's {dim}: set predictor_out to {dim}")
+        self.predictor = predictor
+
+    def use_sync_bn(self, device: torch.device | str, processes: int) -> bool:
+        """Converts batch norm to :class:`torch.nn.SyncBatchNorm` when :attr:`sync_bn` is on and the
+        run has several processes on CUDA; returns whether it did.
+
+        Without shuffle-BN the whole method is converted (online encoder, predictor and momentum
+        encoder: global batch statistics, SCE's recipe); under shuffle-BN only the online
+        encoder and the predictor, as the momentum encoder's groups keep their own statistics.
+        On the CPU (gloo) there is no SyncBatchNorm: each process keeps its own batch
+        statistics, whatever :attr:`sync_bn` says.
+        """
+        if not (self.sync_bn and processes > 1 and torch.device(device).type == "cuda"):
+            return False
+        if self.shuffle_bn is None:
+            nn.SyncBatchNorm.convert_sync_batchnorm(self)
+        else:
+            self.online = nn.SyncBatchNorm.convert_sync_batchnorm(self.online)
+            if self.predictor is not None:
+                self.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(self.predictor)
+        return True
 
     def use_channels_last(self, device: torch.device | str) -> bool:
         """Puts the weights in channels-last when it was asked for and is safe on ``device``
@@ -291,8 +343,17 @@ class ContrastiveMethod(nn.Module):
         return views
 
     def encode(self, views: Tensor) -> Tensor:
-        """Online embeddings (with gradient) of ``views``."""
-        return self.online(self._prepare(views))
+        """Online anchor embeddings (with gradient) of ``views``: the predictor's output when
+        there is a predictor, else the projector's."""
+        if self.predictor is None:
+            return self.online(self._prepare(views))
+        return normalized(self.predictor(self.online(self._prepare(views), normalize=False)))
+
+    def _encode_with_columns(self, views: Tensor) -> Tensor:
+        """``B×2D``: the anchor embeddings of ``views`` (:meth:`encode`) beside their online
+        projector embeddings (the columns of ``online_columns`` with a predictor), both with gradient."""
+        projected = self.online(self._prepare(views), normalize=False)
+        return torch.cat([normalized(self.predictor(projected)), normalized(projected)], dim=-1)
 
     def embed_keys(self, views: Tensor) -> Tensor:
         """Momentum embeddings (no gradient) of ``views``; under shuffle-BN with a fresh
@@ -359,10 +420,13 @@ class ContrastiveMethod(nn.Module):
         ``detect``: the images the detection views are cut from, or their crops (one per view).
         """
         batch = ids.shape[0]
-        anchors = embed_views(self.encode, [views[v] for v in plan.anchors]).transpose(0, 1)  # B×A×D
-        if self.online_columns:
-            block = anchors
+        anchor_views = [views[v] for v in plan.anchors]
+        if self.online_columns and self.predictor is not None:  # anchors: predictions; columns: projections
+            anchors, block = embed_views(self._encode_with_columns, anchor_views).transpose(0, 1).chunk(2, dim=-1)
         else:
+            anchors = embed_views(self.encode, anchor_views).transpose(0, 1)  # B×A×D
+            block = anchors
+        if not self.online_columns:
             block = embed_views(self.embed_keys, [views[v] for v in plan.columns]).transpose(0, 1)  # B×C×D
         if isinstance(detect, Tensor):
             extra = [self.embed_keys(self.detection_augment(detect, local)) for _ in range(self.detection_views)]
@@ -443,6 +507,16 @@ class ContrastiveMethod(nn.Module):
                 hook(step, total_steps, blocks)
         for columns in blocks:
             self.memory.enqueue(*columns.block_entries())
+
+
+def _output_dim(head: nn.Module, in_dim: int) -> int:
+    """The output width of ``head`` on ``in_dim`` inputs (one zero row, in eval mode)."""
+    was_training = head.training
+    weight = next(head.parameters(), None)
+    device = weight.device if weight is not None else None
+    dim = head.eval()(torch.zeros(1, in_dim, device=device)).shape[-1]
+    head.train(was_training)
+    return dim
 
 
 #: State of checkpoints written before the one-step redesign: old key → today's key.
