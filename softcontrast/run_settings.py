@@ -79,6 +79,8 @@ class ModelSettings:
     projector_hidden: int | None = setting(None, "hidden width of the projector (none: from the image size)")
     projector_out: int = setting(128, "output width of the projector")
     projector_layers: int = setting(2, "linear layers of the projector (1: a linear map)")
+    projector_hidden_bn: bool = setting(
+        True, "batch norm after the projector's hidden layers (MoCo v2's and SimCLR's ImageNet heads: none)")
     projector_last_bn: str = setting(
         "none", "batch norm after the projector's last layer: none | affine | no-affine (SCE's and MoCo v3's "
         "ImageNet projectors: no-affine)", choices=LAST_BATCH_NORMS)
@@ -288,7 +290,7 @@ def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
     """
     model = settings.model
     projector = projector_for(backbone, model.projector_hidden, model.projector_out, model.projector_layers,
-                              model.projector_last_bn)
+                              model.projector_last_bn, hidden_batch_norm=model.projector_hidden_bn)
     setup = Setup(projector=projector, view=settings.data.view, global_batch=settings.train.batch_size * processes,
                   num_samples=num_samples)
     method = method_spec(settings.method).build(settings.config, backbone, setup)

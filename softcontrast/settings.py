@@ -61,6 +61,7 @@ ADDED_SETTINGS = {
     "exclude_norm_bias": False,
     "lars_trust_coefficient": 1e-3,
     "projector_last_bn": "none",
+    "projector_hidden_bn": True,
     "predictor_hidden": None,
     "sync_bn": True,
 }

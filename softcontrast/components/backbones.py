@@ -162,7 +162,7 @@ LAST_BATCH_NORMS = ("none", "affine", "no-affine")
 
 
 def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2,
-                  last_batch_norm: str = "none") -> MLPHead:
+                  last_batch_norm: str = "none", hidden_batch_norm: bool = True) -> MLPHead:
     """The default projector of the methods: ``feature_dim → hidden → out`` with BN on the hidden layers.
 
     Args:
@@ -171,6 +171,7 @@ def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128,
         out_dim: output width (the embedding size D).
         num_layers: linear layers.
         last_batch_norm: batch norm after the last layer, one of :data:`LAST_BATCH_NORMS`.
+        hidden_batch_norm: batch norm after each hidden layer (MoCo v2's head has none).
 
     Raises:
         ValueError: ``last_batch_norm`` is not one of :data:`LAST_BATCH_NORMS`.
@@ -178,7 +179,7 @@ def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128,
     if last_batch_norm not in LAST_BATCH_NORMS:
         raise ValueError(f"the projector's last batch norm must be one of {', '.join(LAST_BATCH_NORMS)}; "
                          f"got {last_batch_norm!r}")
-    return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers,
+    return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers, batch_norm=hidden_batch_norm,
                    last_batch_norm=last_batch_norm != "none", last_affine=last_batch_norm == "affine")
 
 
