@@ -28,7 +28,7 @@ from typing import Sequence
 from accelerate.utils import set_seed
 
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.components.backbones import resnet
+from softcontrast.components.named_backbones import build_backbone
 from softcontrast.config import ConfigArgumentParser
 from softcontrast.data import load_source
 from softcontrast.errors import USER_ERRORS
@@ -129,7 +129,7 @@ def run(settings: Settings) -> TrainResult:
     splits = load_source(data.dataset, data.image_size, settings.train.num_workers)
     if data.train_subset is not None:
         splits.train = splits.train.subset(data.train_subset, seed=config.seed)
-    backbone = resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width)
+    backbone = build_backbone(model.backbone_spec())
     method = make_method(settings, backbone, accelerator.num_processes, len(splits.train))
     trainer = Trainer(method, config, accelerator, run_config=settings.saved(len(splits.train)))
     result = trainer.fit(splits.train, splits.test)
@@ -170,8 +170,7 @@ def run_baselines(settings: Settings, train, test, result: TrainResult, recipe: 
     if test is None:
         return {}
     model, config = settings.model, settings.train
-    untrained = None if 0 in result.knn else random_init_backbone(model.backbone, model.cifar_stem, model.width,
-                                                                   config.seed)
+    untrained = None if 0 in result.knn else random_init_backbone(model.backbone_spec(), seed=config.seed)
     baselines = baseline_knn(train, test, untrained, recipe, config.knn_k, config.knn_temperature, device,
                              seed=config.seed, num_workers=config.num_workers)
     chosen = {"raw_pixels": baselines["raw_pixels"], "random_init": baselines.get("random_init", result.knn.get(0))}

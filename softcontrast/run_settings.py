@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from softcontrast.components.augment import ViewRecipe, imagenet_family
 from softcontrast.components.backbones import LAST_BATCH_NORMS, Backbone, MLPHead, predictor_for, projector_for
+from softcontrast.components.named_backbones import BackboneSpec, backbone_spec
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.components.view_recipes import NAMED_VIEWS, named_views
 from softcontrast.methods.base import ContrastiveMethod
@@ -71,11 +72,15 @@ class DataSettings:
 class ModelSettings:
     """The backbone, the projector head and the online branch's predictor head."""
 
-    backbone: str = setting("resnet18", "backbone architecture", choices=("resnet18", "resnet34", "resnet50"))
-    width: int = setting(64, "channels of the first ResNet stage (64 = standard)")
+    backbone: str = setting(
+        "resnet18", "backbone: resnet18 | resnet34 | resnet50 | torchvision:<model> (e.g. torchvision:resnet50) | "
+        "timm:<model> (e.g. timm:vit_small_patch16_224; needs timm); a named model loses its classifier")
+    backbone_kwargs: str | None = setting(
+        None, "JSON keyword arguments of a torchvision: or timm: model, e.g. '{\"img_size\": 32, \"patch_size\": 8}'")
+    width: int = setting(64, "channels of the first ResNet stage (64 = standard; short resnet names only)")
     cifar_stem: bool | None = setting(
         None, "CIFAR stem (3×3 conv, no max-pool); off: the ImageNet stem (7×7 conv + max-pool); "
-        "none: from the image size")
+        "none: from the image size; named models with a ResNet stem take it too, others ignore it")
     projector_hidden: int | None = setting(None, "hidden width of the projector (none: from the image size)")
     projector_out: int = setting(128, "output width of the projector")
     projector_layers: int = setting(2, "linear layers of the projector (1: a linear map)")
@@ -100,12 +105,24 @@ class ModelSettings:
             raise SettingError("predictor_out", (
                 f"predictor_out {self.predictor_out} differs from projector_out {self.projector_out}: the predictions "
                 f"are scored against the projector's outputs, so set predictor_out to {self.projector_out} or none"))
+        self.backbone_spec()  # an unknown name or bad kwargs stop the run before the data is loaded
 
     def predictor(self) -> MLPHead | None:
         """The predictor head these settings ask for, or ``None``."""
         if not self.predictor_hidden:
             return None
         return predictor_for(self.projector_out, self.predictor_hidden, self.predictor_out)
+
+    def backbone_spec(self) -> BackboneSpec:
+        """The spec of the backbone these settings describe (saved as ``backbone.json``).
+
+        Raises:
+            SettingError: an unknown backbone name or kwargs that are not a JSON object.
+        """
+        try:
+            return backbone_spec(self.backbone, self.backbone_kwargs, bool(self.cifar_stem), self.width)
+        except ValueError as error:
+            raise SettingError("backbone_kwargs" if "kwargs" in str(error) else "backbone", str(error)) from None
 
 
 @dataclass
@@ -221,7 +238,7 @@ class Settings:
         """The run's saved settings (``run_config.json``): enough to rebuild it (:func:`rebuild_method`)."""
         settings = {"method": self.method, **asdict(self.config), **asdict(self.data), **asdict(self.model),
                     **asdict(self.train), **asdict(self.run), "output_dir": self.train.output_dir,
-                    "plugins": list(self.plugins)}
+                    "plugins": list(self.plugins), "backbone_spec": self.model.backbone_spec().to_dict()}
         if num_train_samples is not None:
             settings["num_train_samples"] = num_train_samples
         return settings
@@ -284,7 +301,8 @@ def make_method(settings: Settings, backbone: Backbone, processes: int = 1,
 
     Args:
         settings: the resolved settings.
-        backbone: the backbone (:func:`~softcontrast.components.backbones.resnet` of ``settings.model``).
+        backbone: the backbone (:func:`~softcontrast.components.named_backbones.build_backbone` of
+            ``settings.model.backbone_spec()``).
         processes: processes of the run (the global batch is ``batch_size × processes``).
         num_samples: training images, if known.
     """

@@ -23,6 +23,7 @@ from softcontrast.checkpoints import (
     rewind_metrics,
 )
 from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.named_backbones import SPEC_FILE, network_state, save_spec
 from softcontrast.data import ImageSource, ImageTensorDataset, TrainingBatches
 from softcontrast.evaluation import knn_accuracy, step_diagnostics
 from softcontrast.finite import (
@@ -428,10 +429,19 @@ class Trainer:
         bar.set_postfix(loss=f"{values['loss']:.4f}")
 
     def export_backbone(self, path: str | Path | None = None) -> Path:
-        """Saves the online backbone's ``state_dict`` (default ``output_dir/backbone.pt``)."""
+        """Saves the online backbone's weights (default ``output_dir/backbone.pt``) and its spec beside them.
+
+        The weights are the wrapped model's own ``state_dict`` (no ``network.`` prefix), so they load
+        into the plain torchvision or timm model; ``backbone.json`` (a
+        :class:`~softcontrast.components.named_backbones.BackboneSpec`) is written when the backbone
+        carries a spec (every backbone built by name does).
+        """
         path = Path(path or self.output_dir / "backbone.pt")
         if self.accelerator.is_main_process:
-            torch.save(self.method.online.backbone.state_dict(), path)
+            backbone = self.method.online.backbone
+            torch.save(network_state(backbone), path)
+            if getattr(backbone, "spec", None) is not None:
+                save_spec(backbone.spec, path.with_name(SPEC_FILE))
         self.accelerator.wait_for_everyone()
         return path
 

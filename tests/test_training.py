@@ -54,7 +54,8 @@ def test_training_lowers_the_loss_on_digits(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 49))
     assert (tmp_path / "backbone.pt").is_file()
     exported = torch.load(tmp_path / "backbone.pt")
-    assert torch.equal(exported["network.conv1.weight"], method.online.backbone.network.conv1.weight)
+    assert torch.equal(exported["conv1.weight"], method.online.backbone.network.conv1.weight)  # the model's own keys
+    assert json.loads((tmp_path / "backbone.json").read_text())["name"] == "resnet18"
 
 
 def test_resume_continues_with_the_same_loss_sequence(tmp_path):

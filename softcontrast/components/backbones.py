@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from typing import Any
+
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
@@ -18,15 +20,21 @@ RESNET_LAYERS = {
 class Backbone(nn.Module):
     """Any feature extractor with a known output dimension.
 
+    Wrap any ``nn.Module`` to train it: ``Backbone(my_network, feature_dim=512)``.
+
     Args:
-        network: module mapping ``B×3×H×W`` images to ``B×feature_dim`` features.
+        network: module mapping ``B×3×H×W`` images to ``B×feature_dim`` features (or to
+            ``B×feature_dim×1×1``: the output is flattened).
         feature_dim: size of the features.
+        spec: how to build it again (:class:`~softcontrast.components.named_backbones.BackboneSpec`);
+            backbones built by name carry theirs, and a run saves it as ``backbone.json``.
     """
 
-    def __init__(self, network: nn.Module, feature_dim: int):
+    def __init__(self, network: nn.Module, feature_dim: int, spec: Any = None):
         super().__init__()
         self.network = network
         self.feature_dim = feature_dim
+        self.spec = spec
 
     def forward(self, images: Tensor) -> Tensor:
         """Returns ``B×feature_dim`` features."""
@@ -58,7 +66,9 @@ def resnet(name: str = "resnet18", cifar_stem: bool = True, width: int = 64) -> 
         network.maxpool = nn.Identity()
     feature_dim = network.fc.in_features
     network.fc = nn.Identity()
-    return Backbone(network, feature_dim)
+    from softcontrast.components.named_backbones import BackboneSpec  # the spec module builds on this one
+
+    return Backbone(network, feature_dim, BackboneSpec(name, {}, cifar_stem, width))
 
 
 def _narrow_resnet(block: type, layers: tuple[int, ...], width: int) -> tv_resnet.ResNet:

@@ -8,7 +8,8 @@ import torch
 from accelerate.utils import set_seed
 
 from softcontrast.components.augment import ViewRecipe
-from softcontrast.components.backbones import Backbone, resnet
+from softcontrast.components.backbones import Backbone
+from softcontrast.components.named_backbones import BackboneSpec, backbone_spec, build_backbone
 from softcontrast.data import ImageSource, ImageTensorDataset
 from softcontrast.evaluation.features import extract_features, raw_pixel_features
 from softcontrast.evaluation.knn import knn_feature_accuracy
@@ -42,17 +43,21 @@ def baseline_splits(
     return train, test, ({"train": len(train), "test": len(test)} if cut else None)
 
 
-def random_init_backbone(arch: str, cifar_stem: bool, width: int, seed: int) -> Backbone:
+def random_init_backbone(spec: BackboneSpec | str, cifar_stem: bool = True, width: int = 64,
+                         seed: int = 0) -> Backbone:
     """The untrained backbone a run of ``seed`` starts from (seeded as the examples seed it).
 
     Args:
-        arch: ``resnet18``, ``resnet34`` or ``resnet50``.
-        cifar_stem: 3×3 stem without max-pool.
-        width: channels of the first stage.
+        spec: the run's backbone spec, or a short ResNet name (``resnet18``, ``resnet34``, ``resnet50``)
+            built with ``cifar_stem`` and ``width``.
+        cifar_stem: 3×3 stem without max-pool (with a name).
+        width: channels of the first stage (with a name).
         seed: the run's seed.
     """
+    if isinstance(spec, str):
+        spec = backbone_spec(spec, cifar_stem=cifar_stem, width=width)
     set_seed(seed)
-    return resnet(arch, cifar_stem=cifar_stem, width=width)
+    return build_backbone(spec)
 
 
 def baseline_knn(

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from softcontrast.checkpoints import CHECKPOINT_DIR, RUN_CONFIG, list_checkpoints
 from softcontrast.components.augment import ViewRecipe, moco_v2_cifar
-from softcontrast.components.backbones import Backbone, resnet
+from softcontrast.components.backbones import Backbone
+from softcontrast.components.named_backbones import (
+    SPEC_FILE,
+    BackboneSpec,
+    backbone_spec,
+    build_backbone,
+    load_network_state,
+    read_spec,
+)
 from softcontrast.data import CenterCrops, ImageSource, ImageTensorDataset, load_source, random_indices
 from softcontrast.errors import USER_ERRORS
 from softcontrast.evaluation.baselines import (
@@ -42,6 +50,8 @@ from softcontrast.evaluation.probe import linear_probe_accuracy, probe_solver
 from softcontrast.methods import ContrastiveMethod
 from softcontrast.run_settings import make_method, saved_settings
 
+#: ``--width`` of a bare ``--backbone`` without ``backbone.json`` beside it (the digits runs' width).
+BARE_WIDTH = 16
 #: The headline kNN setting (the training monitor's): k = 200, T = 0.1.
 HEADLINE = "k=200,T=0.1"
 
@@ -75,21 +85,26 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return settings
 
 
-def load_backbone(path: str | Path, arch: str, cifar_stem: bool, width: int) -> Backbone:
-    """A backbone built from flags with the weights of ``path``.
+def load_backbone(path: str | Path, spec: BackboneSpec | str, cifar_stem: bool = True, width: int = 64) -> Backbone:
+    """A backbone built from its spec (or a short ResNet name with ``cifar_stem`` and ``width``) with the
+    weights of ``path``; old ``backbone.pt`` files whose keys start with ``network.`` load too.
 
     Raises:
-        RunSettingsError: the file is missing or its weights do not fit the flags.
+        RunSettingsError: the file is missing or its weights do not fit the spec.
     """
     path = Path(path)
     if not path.is_file():
         raise RunSettingsError(f"backbone file not found: {path}")
-    backbone = resnet(arch, cifar_stem=cifar_stem, width=width)
+    if isinstance(spec, str):
+        spec = backbone_spec(spec, cifar_stem=cifar_stem, width=width)
+    backbone = build_backbone(spec)
     try:
-        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_network_state(backbone, torch.load(path, map_location="cpu", weights_only=True))
     except RuntimeError as error:
         first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-        flags = f"--arch {arch} --width {width}" + ("" if cifar_stem else " --no-cifar-stem")
+        flags = f"--arch {spec.name}" + (f" --width {spec.width}" if spec.width is not None else "")
+        flags += (f" --backbone-kwargs '{json.dumps(spec.kwargs)}'" if spec.kwargs else "")
+        flags += "" if spec.cifar_stem else " --no-cifar-stem"
         raise RunSettingsError(
             f"{path} does not fit {flags} ({first}): pass the backbone flags it was trained with"
         ) from None
@@ -145,8 +160,7 @@ def method_from_settings(settings: dict[str, Any]) -> ContrastiveMethod:
         KeyError: the run's method is not registered in this process.
     """
     resolved = saved_settings(settings)
-    model = resolved.model
-    backbone = resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width)
+    backbone = build_backbone(resolved.model.backbone_spec())
     return make_method(resolved, backbone, int(settings.get("num_processes", 1)), settings.get("num_train_samples"))
 
 
@@ -247,7 +261,9 @@ def evaluate(
         run_dir: a finished run's output folder.
         backbone_path: a ``backbone.pt`` (used when ``run_dir`` is ``None``).
         flags: settings of a bare backbone: ``dataset``, ``image_size``, ``train_subset``,
-            ``backbone`` (architecture), ``width``, ``no_cifar_stem``, ``view_size``, ``seed``.
+            ``backbone`` (architecture), ``backbone_kwargs``, ``width``, ``no_cifar_stem``, ``view_size``,
+            ``seed``. When none of the four backbone settings is given, the ``backbone.json``
+            beside ``backbone_path`` names the network (else ``resnet18`` at width :data:`BARE_WIDTH`).
         output_dir: where ``eval.json`` and the PNGs go (default ``<run>/eval``).
         plots: draw the PNGs.
         progress: progress bars on stderr.
@@ -276,11 +292,18 @@ def evaluate(
     else:
         settings = dict(flags or {})
         run_dir = Path(backbone_path).parent
+        if all(settings.get(name) is None for name in ("backbone", "backbone_kwargs", "width", "no_cifar_stem")):
+            saved_spec = read_spec(Path(backbone_path).with_name(SPEC_FILE))
+            if saved_spec is not None:  # the spec saved beside the weights names the network
+                settings.update(backbone=saved_spec.name, backbone_kwargs=json.dumps(saved_spec.kwargs),
+                                no_cifar_stem=not saved_spec.cifar_stem, width=saved_spec.width)
+        if settings.get("width") is None:
+            settings["width"] = BARE_WIDTH
     output = Path(output_dir) if output_dir else run_dir / "eval"
     resolved = saved_settings(settings)
-    arch, width, cifar_stem = resolved.model.backbone, resolved.model.width, resolved.model.cifar_stem
+    spec = resolved.model.backbone_spec()
     seed = int(settings.get("seed", 0))
-    backbone = load_backbone(backbone_path, arch, cifar_stem, width)
+    backbone = load_backbone(backbone_path, spec)
 
     splits = load_source(settings.get("dataset", "digits"), settings.get("image_size"), num_workers)
     if splits.test is None:
@@ -305,7 +328,7 @@ def evaluate(
     base_train, base_test, subset = baseline_splits(train, test, seed, *baseline_limits)
     for name, (train_features, test_features) in (
         ("raw_pixels", raw_pixel_features(base_train, base_test, num_workers)),
-        ("random_init", features(random_init_backbone(arch, cifar_stem, width, seed).to(device),
+        ("random_init", features(random_init_backbone(spec, seed=seed).to(device),
                                  (base_train, base_test), "random-init")),
     ):
         results[name] = evaluate_features(train_features.to(device), base_train.labels, test_features.to(device),
@@ -322,7 +345,7 @@ def evaluate(
         "train_images": len(train),
         "test_images": len(test),
         "view_size": recipe.size,
-        "backbone": {"arch": arch, "width": width, "cifar_stem": cifar_stem},
+        "backbone": {"arch": spec.name, "width": spec.width, "cifar_stem": spec.cifar_stem, "kwargs": spec.kwargs},
         "headline": HEADLINE,
         "knn": {name: result["knn"] for name, result in results.items()},
         "linear_probe": {name: result["linear_probe"] for name, result in results.items()},
@@ -389,10 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", help="dataset source of --backbone (digits | imagefolder:<path> | npz:<path> | hf:<id>)")
     ev.add_argument("--image-size", type=int, default=None, help="with --backbone: the run's --image-size")
     ev.add_argument("--train-subset", type=int, default=None, help="with --backbone: the run's --train-subset")
-    ev.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"],
-                    help="with --backbone: the run's --backbone architecture")
-    ev.add_argument("--width", type=int, default=16, help="with --backbone: the run's --width")
-    ev.add_argument("--no-cifar-stem", action="store_true", help="with --backbone: the run's --no-cifar-stem")
+    ev.add_argument("--arch", default=None,
+                    help="with --backbone: the run's --backbone (resnet18 | resnet34 | resnet50 | torchvision:<model> | "
+                         "timm:<model>; default: the backbone.json beside it, else resnet18)")
+    ev.add_argument("--backbone-kwargs", default=None,
+                    help="with --backbone: the run's --backbone-kwargs (JSON keyword arguments of the named model)")
+    ev.add_argument("--width", type=int, default=None,
+                    help=f"with --backbone: the run's --width (default: {BARE_WIDTH}, or the backbone.json beside it)")
+    ev.add_argument("--no-cifar-stem", action="store_true", default=None,
+                    help="with --backbone: the run's --no-cifar-stem")
     ev.add_argument("--view-size", type=int, default=None,
                     help="with --backbone: the run's --view-size (default: the examples' default for the dataset)")
     ev.add_argument("--seed", type=int, default=0, help="with --backbone: the run's --seed (random-init baseline)")
@@ -413,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.backbone_path is not None and args.dataset is None:
             raise ValueError("--backbone needs --dataset SOURCE (the data the backbone was trained on)")
         flags = {"dataset": args.dataset, "image_size": args.image_size, "train_subset": args.train_subset,
-                 "backbone": args.arch, "width": args.width, "no_cifar_stem": args.no_cifar_stem,
+                 "backbone": args.arch, "backbone_kwargs": args.backbone_kwargs, "width": args.width,
+                 "no_cifar_stem": args.no_cifar_stem,
                  "view_size": args.view_size, "seed": args.seed}
         report = evaluate(args.run_dir, args.backbone_path, flags, args.output_dir, plots=not args.no_plots,
                           progress=sys.stderr.isatty(), device=args.device, num_workers=args.num_workers)
