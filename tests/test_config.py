@@ -52,7 +52,7 @@ def test_the_file_sets_defaults_and_the_command_line_overrides_it(tmp_path):
         ("lr: fast\n", "lr must be float, got 'fast'"),
         ("shuffle-bn: 1\n", "shuffle-bn must be true or false, got 1"),
         ("precision: no\n", "quote the value"),
-        ("augment: bigger\n", "augment must be one of auto, cifar, imagenet, got 'bigger'"),
+        ("augment: bigger\n", "augment must be one of auto, cifar, imagenet, mocov2-imagenet"),
         ("epochs: null\n", "epochs must not be null"),
         ("small-crop-scale: [0.1]\n", "small-crop-scale must be a list of 2 values"),
         ("- epochs\n- 3\n", "expected a mapping of flag names to values, got a list"),
