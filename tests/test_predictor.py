@@ -16,7 +16,7 @@ from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.methods import ContrastiveMethod, Setup, method_spec
 from softcontrast.run_settings import ModelSettings, make_method, rebuild_method, resolve, saved_settings
 from softcontrast.settings import ADDED_SETTINGS, SettingError
-from tests.test_loss_pins import VIEW
+from test_loss_pins import VIEW
 
 IMAGES = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
 IDS = torch.arange(8)
