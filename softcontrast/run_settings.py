@@ -192,7 +192,7 @@ def size_defaults(side: int, unset: set[str], source: str) -> tuple[str, dict[st
     missing = [name for name in SIZE_SETTINGS_REQUIRED if name in unset]
     if missing:
         flags = {"view_size": "--view-size", "cifar_stem": "--cifar-stem or --no-cifar-stem",
-                 "augment": "--augment cifar|imagenet"}
+                 "augment": "--augment (cifar, imagenet or a paper's recipe by name)"}
         raise SettingError(missing[0], (
             f"{source}: images of {side} px lie between the small-image ({SMALL_IMAGE_SIDE} px or less) and the "
             f"ImageNet ({LARGE_IMAGE_SIDE} px or more) defaults, so none is guessed: set "
