@@ -23,6 +23,7 @@ from softcontrast.checkpoints import (
     rewind_metrics,
 )
 from softcontrast.components.augment import ViewRecipe
+from softcontrast.components.cpu_bf16 import refuse_cpu_bf16_hazards
 from softcontrast.components.named_backbones import SPEC_FILE, network_state, save_spec
 from softcontrast.data import ImageSource, ImageTensorDataset, TrainingBatches
 from softcontrast.evaluation import knn_accuracy, step_diagnostics
@@ -219,7 +220,6 @@ class Trainer:
         self.run_config = {**asdict(config), **(run_config or {}), "num_processes": self.accelerator.num_processes}
         self.output_dir = Path(config.output_dir)
         self.progress = _Progress()
-        self._last_loss = float("nan")
         self.checkpoints = CheckpointStore(self.output_dir, self.accelerator, self.run_config, config.keep_checkpoints,
                                            per_process={"random_streams": method.streams})
 
@@ -303,6 +303,8 @@ class Trainer:
         """
         config, accelerator = self.config, self.accelerator
         self._check_sizes(len(train))
+        if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16":
+            refuse_cpu_bf16_hazards(self.method.online, {crop.size for crop in self.method.crop_plan()})
         set_seed(config.seed)
         self.method.streams.reset(config.seed, accelerator.process_index, accelerator.device)
         prepare_output_dir(self.output_dir)
@@ -367,6 +369,7 @@ class Trainer:
         for epoch in range(self.progress.epoch, last_epoch):
             bar = _progress_bar(accelerator, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
             epoch_start = time.perf_counter()
+            epoch_loss, epoch_steps = torch.zeros((), device=accelerator.device), 0  # this process's, on the device
             model.train()
             for images, ids in batches.epoch(epoch, self.progress.global_step - epoch * steps_per_epoch):
                 with accelerator.autocast():
@@ -379,6 +382,8 @@ class Trainer:
                 self.progress.global_step += 1
                 images_seen += ids.shape[0] * accelerator.num_processes
                 losses.append(output.loss.detach())
+                epoch_loss += output.loss.detach().float()
+                epoch_steps += 1
                 guard.observe(self.progress.global_step, loss_parts(output.loss, output.metrics))
                 if self.progress.global_step % config.log_every == 0 or self.progress.global_step == total_steps:
                     self._check_finite(guard)
@@ -391,7 +396,8 @@ class Trainer:
             bar.close()
             self.progress.epoch = epoch + 1
             if bar.disable and accelerator.is_main_process:
-                print(f"epoch {self.progress.epoch}/{config.epochs}: loss {self._last_loss:.4f}, "
+                mean_loss = f"{epoch_loss.item() / epoch_steps:.4f}" if epoch_steps else "-"
+                print(f"epoch {self.progress.epoch}/{config.epochs}: loss {mean_loss}, "
                       f"{time.perf_counter() - epoch_start:.1f} s", flush=True)
             if test is not None and config.knn_every and self.progress.epoch % config.knn_every == 0:
                 result.knn[self.progress.epoch] = self._evaluate(train, test, eval_recipe)
@@ -425,7 +431,6 @@ class Trainer:
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
                   "momentum": self.method.momentum_at(step, total_steps), **values}
         self._log(record)
-        self._last_loss = values["loss"]
         bar.set_postfix(loss=f"{values['loss']:.4f}")
 
     def export_backbone(self, path: str | Path | None = None) -> Path:

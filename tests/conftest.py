@@ -32,6 +32,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state whose mixed precision cannot change once set: a
+    test that trains with another precision than the tests before it starts from a fresh one,
+    and leaves a fresh one behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
 def run_two_processes():
     """Runs ``script *args`` as 2 CPU processes (torchrun, gloo); the test fails with their stderr if they fail."""
 

@@ -7,6 +7,7 @@ turns any synchronisation into an error over the same steps.
 """
 
 import traceback
+from collections import Counter
 from typing import Callable
 
 import pytest
@@ -116,22 +117,25 @@ def test_the_trainer_never_reads_the_host_between_logging_points(name, monkeypat
 
 
 def test_the_trainer_reads_the_losses_once_per_logging_point_however_many_steps(monkeypatch, tmp_path):
-    """A run twice as long, with the same logging points, reads the host exactly as often."""
+    """An epoch twice as long, with the same logging points, reads the host exactly as often; a
+    second epoch adds one read, its line's mean loss."""
     reads = HostReads(monkeypatch)
-    data = ImageTensorDataset(tiny_images(24), torch.arange(24) % 3, ["a", "b", "c"])
-    counts, losses = [], []
-    for epochs in (1, 2):
+    counts, losses = {}, {}
+    for images, epochs in ((24, 1), (48, 1), (24, 2)):
+        data = ImageTensorDataset(tiny_images(images), torch.arange(images) % 3, ["a", "b", "c"])
         config = TrainConfig(epochs=epochs, batch_size=8, log_every=100, checkpoint_every=0,
-                             output_dir=str(tmp_path / str(epochs)))
+                             output_dir=str(tmp_path / f"{images}-{epochs}"))
         trainer = Trainer(METHODS["moco"](), config, make_accelerator(cpu=True))
         reads.counting, reads.calls = True, []
         result = trainer.fit(data)
         reads.counting = False
-        counts.append(len(reads.calls))
-        losses.append(result.losses)
-    assert counts[0] == counts[1], reads.calls
-    assert [len(run) for run in losses] == [3, 6]
-    assert all(isinstance(loss, float) for run in losses for loss in run)
+        counts[images, epochs] = reads.calls
+        losses[images, epochs] = result.losses
+    assert len(counts[24, 1]) == len(counts[48, 1]), counts[48, 1]
+    added = list((Counter(counts[24, 2]) - Counter(counts[24, 1])).elements())
+    assert len(added) == 1 and len(counts[24, 2]) == len(counts[24, 1]) + 1 and "epoch_loss.item()" in added[0], added
+    assert [len(run) for run in losses.values()] == [3, 6, 6]
+    assert all(isinstance(loss, float) for run in losses.values() for loss in run)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

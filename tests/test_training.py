@@ -80,6 +80,16 @@ def test_lars_run_resumes_with_the_same_loss_sequence(tmp_path):
     assert sgd.losses[0] == straight.losses[0] and sgd.losses[1:] != straight.losses[1:]
 
 
+def test_each_epoch_line_gives_the_mean_loss_of_its_steps_between_logging_points(tmp_path, capsys):
+    """With fewer steps per epoch than ``log_every`` no metric is logged in the first epoch; its
+    line still reports the mean of its own steps' losses, not a missing value."""
+    result = fit(tiny_sce(), tmp_path, epochs=2, log_every=100)  # 6 steps per epoch
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    printed = [float(line.split("loss ")[1].split(",")[0]) for line in lines]
+    assert len(printed) == 2 and len(result.losses) == 12
+    assert printed == pytest.approx([sum(result.losses[:6]) / 6, sum(result.losses[6:]) / 6], abs=1e-4)
+
+
 def test_resume_from_another_config_is_refused(tmp_path):
     fit(tiny_sce(), tmp_path, epochs=2, stop_after_epochs=1)
     with pytest.raises(CheckpointMismatchError, match="lr"):
