@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 #: The ways of scaling the learning rate with the global batch (:func:`scaled_lr`).
-LR_SCALINGS = ("linear", "sqrt", "none")
+LR_SCALINGS = ("linear", "sqrt-batch", "sqrt-per-256", "none")
 #: The optimizers :func:`make_optimizer` builds.
 OPTIMIZERS = ("sgd", "adamw", "lars")
 
@@ -141,10 +141,13 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool)
 
 
 def scaled_lr(lr: float, global_batch: int, scaling: str) -> float:
-    """The learning rate for ``global_batch`` from ``lr``, the rate for a batch of 256.
+    """The learning rate for ``global_batch`` ``B`` from the base rate ``lr``.
 
-    ``linear``: ``lr × B/256`` (SCE, MoCo); ``sqrt``: ``lr × √(B/256)`` (FNC's "0.1 per 256
-    with square-root scaling"); ``none``: ``lr`` whatever the batch.
+    ``linear``: ``lr × B/256`` (SCE, MoCo: ``lr`` is the rate at 256); ``sqrt-batch``:
+    ``lr × √B``, the square-root scaling of SimCLR's and FNC's code (``learning_rate_schedule``
+    in ``model_util.py``: FNC's default 0.1 gives 6.4 at B = 4096, although its flag's help
+    calls 0.1 the rate "per batch size of 256"); ``sqrt-per-256``: ``lr × √(B/256)`` (ours:
+    ``lr`` stays the rate at 256; 0.1 gives 0.4 at 4096); ``none``: ``lr`` whatever the batch.
 
     Raises:
         ValueError: ``scaling`` is not one of :data:`LR_SCALINGS`, or the batch is not positive.
@@ -153,7 +156,9 @@ def scaled_lr(lr: float, global_batch: int, scaling: str) -> float:
         raise ValueError(f"the global batch must be >= 1, got {global_batch}")
     if scaling == "linear":
         return lr * global_batch / 256
-    if scaling == "sqrt":
+    if scaling == "sqrt-batch":
+        return lr * math.sqrt(global_batch)
+    if scaling == "sqrt-per-256":
         return lr * math.sqrt(global_batch / 256)
     if scaling == "none":
         return lr

@@ -88,13 +88,15 @@ class ModelSettings:
         True, "batch norm after the projector's hidden layers (MoCo v2's and SimCLR's ImageNet heads: none)")
     projector_last_bn: str = setting(
         "none", "batch norm after the projector's last layer: none | affine | no-affine (SCE's and MoCo v3's "
-        "ImageNet projectors: no-affine)", choices=LAST_BATCH_NORMS)
+        "ImageNet projectors) | scale (a learned scale, no shift: FNC's and SimCLR's)", choices=LAST_BATCH_NORMS)
     predictor_hidden: int | None = setting(
         None, "hidden width of a predictor head on the online branch only (SCE on ImageNet: 4096); "
               "none or 0: no predictor")
     predictor_out: int | None = setting(
         None, "output width of the predictor (none: projector_out, the only width its predictions can be "
               "scored at)")
+    predictor_last_bias: bool = setting(
+        False, "a bias on the predictor's output layer (SCE's eztorch and MoCo v3's predictors: none; BYOL's: one)")
 
     def __post_init__(self) -> None:
         check_choice("projector_last_bn", self.projector_last_bn, LAST_BATCH_NORMS)
@@ -111,7 +113,8 @@ class ModelSettings:
         """The predictor head these settings ask for, or ``None``."""
         if not self.predictor_hidden:
             return None
-        return predictor_for(self.projector_out, self.predictor_hidden, self.predictor_out)
+        return predictor_for(self.projector_out, self.predictor_hidden, self.predictor_out,
+                             last_bias=self.predictor_last_bias)
 
     def backbone_spec(self) -> BackboneSpec:
         """The spec of the backbone these settings describe (saved as ``backbone.json``).

@@ -63,15 +63,26 @@ ADDED_SETTINGS = {
     "projector_last_bn": "none",
     "projector_hidden_bn": True,
     "predictor_hidden": None,
+    "predictor_last_bias": True,
     "sync_bn": True,
+}
+
+
+#: Saved values renamed since, by setting: the old value and today's name of what it meant.
+RENAMED_VALUES = {
+    # ``sqrt`` meant lr × √(B/256); SimCLR's and FNC's square root is lr × √B (``sqrt-batch``).
+    "lr_scaling": {"sqrt": "sqrt-per-256"},
 }
 
 
 def upgrade_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
     """Saved settings in today's names: :data:`RENAMED_SETTINGS`, :data:`NEGATED_SETTINGS`,
-    :data:`ADDED_SETTINGS`, and FNC's ``variant: moco`` as the method ``fnc-moco`` (its
-    ``support_views`` as ``detection_views``)."""
+    :data:`ADDED_SETTINGS`, :data:`RENAMED_VALUES`, and FNC's ``variant: moco`` as the method
+    ``fnc-moco`` (its ``support_views`` as ``detection_views``)."""
     values = dict(saved)
+    for name, renamed in RENAMED_VALUES.items():
+        if isinstance(values.get(name), str) and values[name] in renamed:
+            values[name] = renamed[values[name]]
     for name, value in ADDED_SETTINGS.items():
         values.setdefault(name, value)
     if values.get("method") == "fnc" and values.get("variant") == "moco":

@@ -85,10 +85,11 @@ class TrainConfig:
     epochs: int = setting(100, "total epochs (sets the schedules)")
     batch_size: int = setting(256, "images per process per step")
     optimizer: str = setting("sgd", "the optimizer: sgd (with momentum) | adamw | lars", choices=OPTIMIZERS)
-    lr: float = setting(0.06, "learning rate for a global batch of 256 (scaled to the global batch by --lr-scaling)")
+    lr: float = setting(0.06, "base learning rate, scaled to the global batch by --lr-scaling (linear and "
+                              "sqrt-per-256: the rate at a global batch of 256)")
     lr_scaling: str = setting(
-        "linear", "how the lr follows the global batch B: linear (lr × B/256) | sqrt (lr × √(B/256)) | none",
-        choices=LR_SCALINGS)
+        "linear", "how the lr follows the global batch B: linear (lr × B/256) | sqrt-batch (lr × √B, SimCLR's and "
+        "FNC's code) | sqrt-per-256 (lr × √(B/256)) | none", choices=LR_SCALINGS)
     weight_decay: float = setting(5e-4, "weight decay")
     exclude_norm_bias: bool = setting(
         False, "no weight decay (and no LARS trust ratio) for the norm layers' scales and shifts and all biases")

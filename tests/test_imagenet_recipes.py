@@ -4,17 +4,19 @@ import json
 
 import numpy as np
 import pytest
+from torch import nn
 
 from softcontrast.cli import build_parser, main, make_method, resolve
 from softcontrast.components.backbones import resnet
 from softcontrast.methods.registry import method_spec
 from softcontrast.optim import scaled_lr
 
-SCE_EZTORCH = "eztorch configs/run/pretrain/sce/resnet50/resnet50_imagenet.yaml (DESIGN.md)"
+SCE_EZTORCH = ("eztorch configs/run/pretrain/sce/resnet50/resnet50_imagenet.yaml, model/head/mlp/"
+               "projector_resnet50_mlp3_bn3.yaml, predictor_resnet50_mlp2_bn1.yaml")
 SCE_VALUES = {
     "backbone": "resnet50", "cifar_stem": False, "view_size": 224, "augment": "sce-imagenet",
     "projector_layers": 3, "projector_hidden": 4096, "projector_out": 256, "projector_last_bn": "no-affine",
-    "predictor_hidden": 4096, "predictor_out": 256, "temperature": 0.1, "tau_m": 0.07, "lam": 0.5,
+    "predictor_hidden": 4096, "predictor_out": 256, "predictor_last_bias": False, "temperature": 0.1, "tau_m": 0.07, "lam": 0.5,
     "queue_size": 65536, "momentum": 0.99, "final_momentum": 1.0, "symmetric": True, "shuffle_bn": False,
     "sync_bn": True, "epochs": 200, "batch_size": 4096, "optimizer": "lars", "lr": 0.3, "lr_scaling": "linear",
     "weight_decay": 1e-6, "exclude_norm_bias": False, "lars_trust_coefficient": 1e-3, "warmup_epochs": 10,
@@ -24,15 +26,18 @@ SCE_VALUES = {
 RECIPES = {
     "sce_imagenet": ("sce", SCE_EZTORCH, SCE_VALUES, 4.8),
     "sce_imagenet-five-crops": (
-        "sce", "eztorch configs/run/pretrain/sce/resnet50/resnet50_imagenet_five_crops.yaml (DESIGN.md)",
+        "sce", "eztorch configs/run/pretrain/sce/resnet50/resnet50_imagenet_five_crops.yaml, transform/crops/"
+               "imagenet_five_crops.yaml",
         {**SCE_VALUES, "small_crops_preset": "sce-five-crops"}, 4.8),
-    "fnc_imagenet": ("fnc", "google-research/fnc run.py defaults (DESIGN.md)", {
+    "fnc_imagenet": ("fnc", "google-research/fnc run.py flags, model_util.py (learning_rate_schedule, "
+                            "get_optimizer, projection_head), model.py (memory, EMA)", {
         "backbone": "resnet50", "cifar_stem": False, "view_size": 224, "augment": "fnc-imagenet",
-        "projector_layers": 3, "projector_out": 128, "temperature": 0.1, "support_views": 8, "memory_size": None,
+        "projector_layers": 3, "projector_hidden": 2048, "projector_hidden_bn": True, "projector_last_bn": "scale",
+        "projector_out": 128, "final_momentum": None, "exclude_norm_bias": True, "lars_trust_coefficient": 1e-3, "temperature": 0.1, "support_views": 8, "memory_size": None,
         "top_k": 10, "threshold": 0.7, "momentum": 0.999, "sync_bn": True, "shuffle_bn": False, "epochs": 100,
-        "batch_size": 4096, "optimizer": "lars", "lr": 0.1, "lr_scaling": "sqrt", "weight_decay": 1e-4,
+        "batch_size": 4096, "optimizer": "lars", "lr": 0.1, "lr_scaling": "sqrt-batch", "weight_decay": 1e-4,
         "warmup_epochs": 10,
-    }, 0.4),
+    }, 6.4),  # 0.1 × √4096: model_util.learning_rate_schedule does not divide by 256
     "moco_v2_imagenet": ("moco", "Chen et al. 2020 (MoCo v2), facebookresearch/moco main_moco.py --mlp "
                                  "--moco-t 0.2 --aug-plus --cos", {
         "backbone": "resnet50", "cifar_stem": False, "view_size": 224, "augment": "mocov2-imagenet",
@@ -61,7 +66,14 @@ def test_an_imagenet_recipe_holds_its_sources_values(recipe):
     built = make_method(settings, resnet(model.backbone, cifar_stem=model.cifar_stem, width=model.width),
                         num_samples=1_281_167)
     assert built.query_size == 224
-    if method == "fnc":
+    heads = [layer for layer in built.online.projector.layers if isinstance(layer, (nn.Linear, nn.BatchNorm1d))]
+    if method == "sce":  # projector_resnet50_mlp3_bn3 and predictor_resnet50_mlp2_bn1
+        assert [type(layer) for layer in heads] == [nn.Linear, nn.BatchNorm1d] * 3 and not heads[-1].affine
+        assert built.predictor.layers[-1].bias is None and built.predictor.layers[-1].out_features == 256
+    if method == "fnc":  # projection_head: 2048-2048-2048-128, BN on each, the last with center=False
+        assert [(layer.in_features, layer.out_features) for layer in heads if isinstance(layer, nn.Linear)] == [
+            (2048, 2048), (2048, 2048), (2048, 128)]
+        assert heads[-1].weight.requires_grad and not heads[-1].bias.requires_grad
         assert built.memory.capacity == 16 * 4096  # memory_multiplier 16 × the global batch
         assert len(built.views) == 10
     if recipe.endswith("five-crops"):

@@ -143,15 +143,26 @@ def test_make_optimizer_builds_the_named_one():
 
 def test_lr_scaling_rules():
     assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)  # SCE: 0.3 × 4096/256
-    assert scaled_lr(0.1, 4096, "sqrt") == pytest.approx(0.4)  # FNC: 0.1 × √(4096/256)
+    assert scaled_lr(0.1, 4096, "sqrt-batch") == pytest.approx(6.4)  # FNC's code: 0.1 × √4096
+    assert scaled_lr(0.075, 4096, "sqrt-batch") == pytest.approx(4.8)  # SimCLR's appendix: 0.075 × √4096
+    assert scaled_lr(0.1, 4096, "sqrt-per-256") == pytest.approx(0.4)  # 0.1 × √(4096/256)
     assert scaled_lr(0.1, 4096, "none") == 0.1
-    assert scaled_lr(0.06, 256, "linear") == scaled_lr(0.06, 256, "sqrt") == 0.06
-    with pytest.raises(ValueError, match="linear, sqrt, none"):
+    assert scaled_lr(0.06, 256, "linear") == scaled_lr(0.06, 256, "sqrt-per-256") == 0.06
+    with pytest.raises(ValueError, match="linear, sqrt-batch, sqrt-per-256, none"):
         scaled_lr(0.1, 256, "log")
+    with pytest.raises(ValueError):
+        scaled_lr(0.1, 256, "sqrt")  # which square root is no longer left to guess
+
+
+def test_runs_saved_with_the_old_sqrt_scaling_keep_their_rate():
+    """``sqrt`` meant lr × √(B/256) when those runs were saved: they read back as ``sqrt-per-256``."""
+    assert upgrade_settings({"lr_scaling": "sqrt"})["lr_scaling"] == "sqrt-per-256"
+    assert upgrade_settings({"lr_scaling": "sqrt-batch"})["lr_scaling"] == "sqrt-batch"
+    assert upgrade_settings({})["lr_scaling"] == "linear"
 
 
 def test_trainer_builds_the_configured_optimizer_and_lr():
-    config = TrainConfig(batch_size=64, lr=0.1, lr_scaling="sqrt", optimizer="lars", exclude_norm_bias=True,
+    config = TrainConfig(batch_size=64, lr=0.1, lr_scaling="sqrt-per-256", optimizer="lars", exclude_norm_bias=True,
                          lars_trust_coefficient=0.002, weight_decay=1e-4, output_dir="unused")
     trainer = Trainer.__new__(Trainer)  # the optimizer needs only the config and the process count
     trainer.config, trainer.accelerator = config, make_accelerator(cpu=True)

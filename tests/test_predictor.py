@@ -14,6 +14,7 @@ from softcontrast.cli import build_parser
 from softcontrast.components.backbones import Backbone, MLPHead, normalized, predictor_for, projector_for, resnet
 from softcontrast.components.shuffle_bn import ShuffleBatchNorm
 from softcontrast.methods import ContrastiveMethod, Setup, method_spec
+from softcontrast.optim import make_optimizer
 from softcontrast.run_settings import ModelSettings, make_method, rebuild_method, resolve, saved_settings
 from softcontrast.settings import ADDED_SETTINGS, SettingError
 from test_loss_pins import VIEW
@@ -44,11 +45,31 @@ def test_head_shapes_and_the_projectors_last_batch_norm():
     assert isinstance(projector_for(backbone, 64, 16).layers[-1], nn.Linear)  # "none": today's projector
     last = projector_for(backbone, 64, 16, last_batch_norm="affine").layers[-1]
     assert isinstance(last, nn.BatchNorm1d) and last.affine
-    with pytest.raises(ValueError, match="none, affine, no-affine"):
+    with pytest.raises(ValueError, match="none, affine, no-affine, scale"):
         projector_for(backbone, last_batch_norm="yes")
+
+
+def test_a_scale_only_last_batch_norm_learns_its_scale_and_keeps_its_shift_at_zero():
+    """FNC's and SimCLR's projector ends in a batch norm with ``center=False``: a learned scale, no shift."""
+    backbone = Backbone(nn.Flatten(), 32)
+    head = projector_for(backbone, 64, 16, num_layers=3, last_batch_norm="scale")
+    last = head.layers[-1]
+    assert isinstance(last, nn.BatchNorm1d) and last.weight.requires_grad and not last.bias.requires_grad
+    optimizer = make_optimizer(head, "lars", 0.5, 1e-4, exclude_norm_bias=True)
+    assert not any(p is last.bias for group in optimizer.param_groups for p in group["params"])
+    for _ in range(3):
+        head(torch.randn(8, 32)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.equal(last.bias, torch.zeros(16)) and not torch.equal(last.weight, torch.ones(16))
+    x = torch.randn(8, 32)
+    normalized_output = nn.functional.batch_norm(head.layers[:-1](x), None, None, training=True)
+    assert torch.allclose(head(x), normalized_output * last.weight, atol=1e-5)
 
     predictor = predictor_for(16, 64)  # 256→4096→256, scaled: BN on the hidden layer only
     assert [type(m) for m in predictor.layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert predictor.layers[0].bias is None and predictor.layers[3].bias is None  # eztorch: bias False, last_bias False
+    assert predictor_for(16, 64, last_bias=True).layers[3].bias is not None  # BYOL's
     assert (predictor.layers[0].in_features, predictor.layers[0].out_features, predictor.layers[3].out_features) == (
         16, 64, 16)
     assert predictor(torch.randn(5, 16)).shape == (5, 16)
@@ -132,6 +153,18 @@ def test_without_a_predictor_the_state_is_todays_and_an_old_checkpoint_loads():
     assert {k: saved_settings(saved).model.__dict__[k] for k in ("projector_last_bn", "predictor_hidden")} == {
         "projector_last_bn": "none", "predictor_hidden": None}
     assert {"projector_last_bn", "predictor_hidden", "sync_bn"} <= set(ADDED_SETTINGS)
+
+
+def test_runs_saved_with_a_predictor_before_its_bias_was_a_setting_rebuild_with_their_bias():
+    """Predictors had an output bias until ``predictor_last_bias`` (default off, as SCE's and MoCo
+    v3's); a run saved before it rebuilds with one, so its checkpoints load."""
+    spec = method_spec("sce")
+    settings = resolve(spec, vars(build_parser(spec).parse_args(["--predictor-hidden", "32", "--projector-out", "16"])))
+    saved = settings.saved()
+    assert saved["predictor_last_bias"] is False and settings.model.predictor().layers[-1].bias is None
+    old = {key: value for key, value in saved.items() if key != "predictor_last_bias"}
+    assert saved_settings(old).model.predictor().layers[-1].bias is not None
+    assert ADDED_SETTINGS["predictor_last_bias"] is True
 
 
 def test_flags_resolve_build_and_are_saved():

@@ -70,7 +70,8 @@ def test_resume_continues_with_the_same_loss_sequence(tmp_path):
 
 def test_lars_run_resumes_with_the_same_loss_sequence(tmp_path):
     """LARS with its momentum buffers in the checkpoint, norm and bias excluded, sqrt lr scaling."""
-    options = dict(epochs=2, optimizer="lars", exclude_norm_bias=True, lr_scaling="sqrt", lr=2.0, weight_decay=1e-4)
+    options = dict(epochs=2, optimizer="lars", exclude_norm_bias=True, lr_scaling="sqrt-per-256", lr=2.0,
+                   weight_decay=1e-4)
     straight = fit(tiny_sce(), tmp_path / "straight", **options)
     first = fit(tiny_sce(), tmp_path / "split", stop_after_epochs=1, **options)
     second = fit(tiny_sce(), tmp_path / "split", resume="latest", **options)

@@ -116,7 +116,12 @@ def test_the_sce_preset_makes_its_four_crops_at_224_and_scales_their_sides_with_
     crops = SCEConfig(small_crops_preset="sce-five-crops").crops(named_views("sce-imagenet").for_view(0))
     assert crops.sizes == [192, 160, 128, 96]
     assert [r.crop_scale for r in crops.recipes] == [(0.172, 0.86), (0.143, 0.715), (0.114, 0.571), (0.086, 0.429)]
-    assert all(r.blur_p == 1.0 for r in crops.recipes)  # the query view's recipe, its own size and scale
+    query = named_views("sce-imagenet").for_view(0)
+    # eztorch's local views: the first global view's jitter, gray and flip, blur p 0.5, solarize p 0.2
+    assert all(r.blur_p == 0.5 and r.solarize_p == 0.2 for r in crops.recipes)
+    assert all((r.jitter, r.jitter_p, r.gray_p, r.flip_p, r.mean, r.std, r.blur_sigma)
+               == (query.jitter, query.jitter_p, query.gray_p, query.flip_p, query.mean, query.std, query.blur_sigma)
+               for r in crops.recipes)
     assert [r.size for r in small_crop_recipes("sce-five-crops", sce_strong(32))] == [27, 23, 18, 14]
     with pytest.raises(ValueError, match="small_crops") as error:
         SCEConfig(small_crops=2, small_crops_preset="sce-five-crops").crops(sce_strong(32))

@@ -100,6 +100,10 @@ class MLPHead(nn.Module):
         last_batch_norm: batch norm after the last layer.
         last_affine: give that last batch norm a learned scale and shift (SCE's and
             MoCo v3's projectors have none: ``False``).
+        last_shift: with ``last_affine``, the learned shift too; ``False``: a learned scale
+            only, the shift held at 0 (FNC's and SimCLR's projectors: ``center=False``).
+        last_bias: a bias on the last linear layer (SCE's and MoCo v3's predictors have none).
+            Before a last batch norm it changes nothing: the batch norm subtracts it again.
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class MLPHead(nn.Module):
         batch_norm: bool = True,
         last_batch_norm: bool = False,
         last_affine: bool = False,
+        last_shift: bool = True,
+        last_bias: bool = True,
     ):
         super().__init__()
         if num_layers < 1:
@@ -122,9 +128,12 @@ class MLPHead(nn.Module):
             layers += [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
             layers += [nn.ReLU(inplace=True)]
             dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim))
+        layers.append(nn.Linear(dim, out_dim, bias=last_bias))
         if last_batch_norm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=last_affine))
+            norm = nn.BatchNorm1d(out_dim, affine=last_affine)
+            if last_affine and not last_shift:
+                norm.bias.requires_grad_(False)  # stays 0: the optimizer takes trainable parameters only
+            layers.append(norm)
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,8 +176,9 @@ def normalized(embeddings: Tensor) -> Tensor:
 
 
 #: The projector's optional batch norm after its last layer: none, with a learned scale and
-#: shift, or without (SCE's and MoCo v3's ImageNet projectors).
-LAST_BATCH_NORMS = ("none", "affine", "no-affine")
+#: shift, without either (SCE's and MoCo v3's ImageNet projectors), or with a learned scale
+#: only (FNC's and SimCLR's: ``center=False``).
+LAST_BATCH_NORMS = ("none", "affine", "no-affine", "scale")
 
 
 def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2,
@@ -190,10 +200,11 @@ def projector_for(backbone: Backbone, hidden_dim: int = 512, out_dim: int = 128,
         raise ValueError(f"the projector's last batch norm must be one of {', '.join(LAST_BATCH_NORMS)}; "
                          f"got {last_batch_norm!r}")
     return MLPHead(backbone.feature_dim, hidden_dim, out_dim, num_layers=num_layers, batch_norm=hidden_batch_norm,
-                   last_batch_norm=last_batch_norm != "none", last_affine=last_batch_norm == "affine")
+                   last_batch_norm=last_batch_norm != "none", last_affine=last_batch_norm in ("affine", "scale"),
+                   last_shift=last_batch_norm != "scale")
 
 
-def predictor_for(dim: int, hidden_dim: int = 4096, out_dim: int | None = None) -> MLPHead:
+def predictor_for(dim: int, hidden_dim: int = 4096, out_dim: int | None = None, last_bias: bool = False) -> MLPHead:
     """A prediction head on the online branch (BYOL, MoCo v3, SCE on ImageNet): ``dim → hidden → out``,
     two layers with batch norm on the hidden one.
 
@@ -202,5 +213,7 @@ def predictor_for(dim: int, hidden_dim: int = 4096, out_dim: int | None = None) 
         hidden_dim: hidden width (SCE's ImageNet recipe: 4096).
         out_dim: output width; ``None``: ``dim``. The anchors it makes are scored against the
             momentum encoder's projector outputs, so it must equal ``dim`` to be used by a method.
+        last_bias: a bias on its output layer (SCE's eztorch predictor and MoCo v3's have none;
+            BYOL's has one).
     """
-    return MLPHead(dim, hidden_dim, dim if out_dim is None else out_dim, num_layers=2)
+    return MLPHead(dim, hidden_dim, dim if out_dim is None else out_dim, num_layers=2, last_bias=last_bias)

@@ -5,7 +5,8 @@ for its view number ``slot`` (0: the query/anchor view, 1: the key/column view, 
 any further views) and gets ``recipes[slot % len(recipes)]`` — for an asymmetric
 pair, view 0 gets recipe 1 and view 1 recipe 2; FNC's ``2 + S`` views alternate
 between them (its own recipe is one, so every view gets it). Small crops and other
-views derived from the query view (SANE's strong mix-up view) derive from recipe 1.
+views derived from the query view (SANE's strong mix-up view) derive from recipe 1 (a
+small-crop preset sets its crops' blur and solarize probabilities).
 The run's view size replaces the recipe's 224, and ``--crop-min-scale`` /
 ``--flip-p``, when given, still apply on top.
 
@@ -96,15 +97,39 @@ def named_views(name: str) -> NamedViews:
     return NAMED_VIEWS[name]
 
 
-#: Named multi-crop presets: ``(side, crop scale)`` of every small crop, written for 224-px views.
-SMALL_CROP_PRESETS: dict[str, tuple[tuple[int, tuple[float, float]], ...]] = {
-    # SCE's official ImageNet multi-crop (eztorch resnet50_imagenet_five_crops.yaml): 2 global crops + these 4
-    "sce-five-crops": ((192, (0.172, 0.86)), (160, (0.143, 0.715)), (128, (0.114, 0.571)), (96, (0.086, 0.429))),
+@dataclass(frozen=True)
+class SmallCropPreset:
+    """Named small crops of several sizes.
+
+    Attributes:
+        crops: ``(side, crop scale)`` of every small crop, written for 224-px views.
+        blur_p: the small crops' blur probability (their other values are the query view's).
+        solarize_p: the small crops' solarize probability.
+        source: where the values come from.
+    """
+
+    crops: tuple[tuple[int, tuple[float, float]], ...]
+    blur_p: float
+    solarize_p: float
+    source: str
+
+
+#: Named multi-crop presets (``--small-crops-preset``).
+SMALL_CROP_PRESETS: dict[str, SmallCropPreset] = {
+    # SCE's official ImageNet multi-crop: 2 global crops + these 4. Their views
+    # (contrastive/imagenet_five_crops_sce.yaml, views 3-6) are the first global view's
+    # jitter, gray and flip with blur p 0.5 and solarize p 0.2.
+    "sce-five-crops": SmallCropPreset(
+        crops=((192, (0.172, 0.86)), (160, (0.143, 0.715)), (128, (0.114, 0.571)), (96, (0.086, 0.429))),
+        blur_p=0.5, solarize_p=0.2,
+        source="eztorch resnet50_imagenet_five_crops.yaml, crops/imagenet_five_crops.yaml, "
+               "contrastive/imagenet_five_crops_sce.yaml"),
 }
 
 
 def small_crop_recipes(preset: str, query_view: ViewRecipe) -> list[ViewRecipe]:
-    """The small crops of ``preset``: the query view's recipe at each crop's side and scale.
+    """The small crops of ``preset``: the query view's recipe at each crop's side and scale, with the
+    preset's blur and solarize probabilities.
 
     Sides are the preset's times ``query_view.size / 224`` (rounded, at least 1), so at
     224-px views they are the paper's.
@@ -115,5 +140,7 @@ def small_crop_recipes(preset: str, query_view: ViewRecipe) -> list[ViewRecipe]:
     if preset not in SMALL_CROP_PRESETS:
         raise KeyError(f"unknown small-crop preset {preset!r}; presets: {', '.join(SMALL_CROP_PRESETS)}")
     factor = query_view.size / REFERENCE_SIZE
-    return [replace(query_view, size=max(1, round(side * factor)), crop_scale=scale)
-            for side, scale in SMALL_CROP_PRESETS[preset]]
+    chosen = SMALL_CROP_PRESETS[preset]
+    return [replace(query_view, size=max(1, round(side * factor)), crop_scale=scale, blur_p=chosen.blur_p,
+                    solarize_p=chosen.solarize_p)
+            for side, scale in chosen.crops]

@@ -29,7 +29,8 @@ class SCEConfig(QueueSettings):
     small_crops_preset: str = setting(
         "none", "named small crops of several sizes instead of small_crops/size/scale: sce-five-crops (SCE's "
         "official ImageNet multi-crop: 4 crops of 192/160/128/96 px at 224-px views, scales 0.172-0.86, "
-        "0.143-0.715, 0.114-0.571, 0.086-0.429; sides follow the view size) | none",
+        "0.143-0.715, 0.114-0.571, 0.086-0.429, the query view's recipe with blur p 0.5 and solarize p 0.2; "
+        "sides follow the view size) | none",
         choices=("none", *SMALL_CROP_PRESETS))
 
     def crops(self, query_view: ViewRecipe) -> SmallCrops | None:
