@@ -5,10 +5,11 @@ bfloat16 backward pass of two kinds of convolution:
 
 - **stride wider than the input**: a stride along the width larger than the input's width,
   with a kernel wider than one pixel. The weight gradient of the taps that only read
-  padding gets uninitialised values (up to 1e36, often NaN) in many calls, not in all;
-  the input gradient and the output are right, so the step's loss looks normal and the
-  next step diverges. A ResNet meets it when its views are small for its stem: with the
-  ImageNet stem, 16-px views reach ``layer4.0.conv2`` (3×3, stride 2) one pixel wide.
+  padding gets uninitialised values (up to 1e36, often NaN) in many calls, not in all.
+  The input gradient is right (the benchmark found no wrong one) and the step's loss
+  looks normal; the run diverges at the next step. A ResNet meets it when its views are
+  small for its stem: with the ImageNet stem, 16-px views reach ``layer4.0.conv2`` (3×3,
+  stride 2) one pixel wide.
 - **only padding**: along one axis every tap of the kernel reads padding at every output
   position (a dilated kernel on a one- or two-pixel input). The backward pass can kill
   the process (a segmentation fault).
