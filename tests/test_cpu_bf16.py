@@ -43,6 +43,9 @@ def test_tracing_leaves_the_network_as_it_was():
     assert network.training and all(layer.training for layer in network.modules())
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
     assert all(not layer._forward_hooks for layer in network.modules())
+    frozen = network.network.bn1.eval()  # a user's frozen batch norm keeps its own mode
+    cpu_bf16_hazards(network, [16])
+    assert not frozen.training and network.network.layer1.training
 
 
 def test_the_rules_read_the_stride_the_kernel_the_padding_and_the_dilation():

@@ -103,7 +103,7 @@ def cpu_bf16_hazards(encoder: nn.Module, sizes: Iterable[int], channels: int = 3
     bfloat16 backward pass on the CPU breaks on (:func:`cpu_bf16_fault`).
 
     Each size is traced once with one black image in float32, without gradient and with
-    ``encoder`` in eval mode (its batch-norm statistics are untouched; its mode is restored).
+    ``encoder`` in eval mode (its batch-norm statistics are untouched; every module's mode is restored).
 
     Args:
         encoder: the network that takes the views (``B×channels×S×S``).
@@ -119,24 +119,28 @@ def cpu_bf16_hazards(encoder: nn.Module, sizes: Iterable[int], channels: int = 3
     parameter = next(encoder.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     found: list[Bf16Hazard] = []
-    was_training = encoder.training
-    for size in sorted(set(sizes)):
-        handles = []
-        for name, layer in convolutions:
-            def record(module, inputs, output, name=name, size=size):
-                height, width = (int(side) for side in inputs[0].shape[-2:])
-                fault = cpu_bf16_fault(module, height, width)
-                if fault is not None:
-                    found.append(Bf16Hazard(name, size, (height, width), fault))
-            handles.append(layer.register_forward_hook(record))
-        try:
-            encoder.eval()
-            with torch.no_grad():
+    tracing = {"size": 0}
+
+    def record(module, inputs, output):
+        height, width = (int(side) for side in inputs[0].shape[-2:])
+        fault = cpu_bf16_fault(module, height, width)
+        if fault is not None:
+            found.append(Bf16Hazard(names[module], tracing["size"], (height, width), fault))
+
+    names = {layer: name for name, layer in convolutions}
+    modes = {module: module.training for module in encoder.modules()}
+    handles = [layer.register_forward_hook(record) for _, layer in convolutions]
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            for size in sorted(set(sizes)):
+                tracing["size"] = size
                 encoder(torch.zeros(1, channels, size, size, device=device))
-        finally:
-            for handle in handles:
-                handle.remove()
-            encoder.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
     return found
 
 
